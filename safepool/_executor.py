@@ -1,0 +1,367 @@
+"""SafeProcessPoolExecutor: the Executor face. It validates, enqueues and owns no process.
+
+Every process, pipe and task table belongs to the manager thread (``_manager.py``); the methods
+here only append to its queues and wake it up.
+"""
+import itertools
+import pickle
+import signal
+import sys
+import threading
+import weakref
+from concurrent.futures import Executor, Future
+from concurrent.futures._base import CANCELLED, RUNNING
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.context import BaseContext
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
+
+from . import _map
+from ._manager import PoolManager, Task
+from ._process import resolve_context
+from ._protocol import PROTOCOL
+from ._stats import PoolStats
+from .errors import TaskPicklingError
+
+# Managers still running, to shut down at interpreter exit (weakly held: a garbage-collected
+# executor shuts its manager down by itself).
+_live_managers: "weakref.WeakSet[PoolManager]" = weakref.WeakSet()
+_interpreter_exiting = False
+
+
+def _at_exit() -> None:
+    """At interpreter exit, finish queued work and reap every worker, as the stdlib does."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    managers = list(_live_managers)
+    for manager in managers:
+        manager.request("shutdown")
+    for manager in managers:
+        if manager.thread.is_alive():
+            manager.thread.join()
+
+
+if hasattr(threading, "_register_atexit"):  # 3.9+: runs before non-daemon threads are joined
+    threading._register_atexit(_at_exit)
+else:  # pragma: no cover - Python 3.8
+    import atexit
+
+    atexit.register(_at_exit)
+
+
+def default_max_workers() -> int:
+    """CPUs this process may really use: the cgroup quota and affinity, not the host's count.
+
+    Inside a container limited to 2 CPUs on a 64-core host, this is 2, not 64.
+    """
+    from loky import cpu_count
+
+    return max(1, cpu_count())
+
+
+def _task_name(fn: Any) -> str:
+    qualname = getattr(fn, "__qualname__", None)
+    if qualname is None:
+        return repr(fn)[:100]
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{qualname}()" if module else f"{qualname}()"
+
+
+class _CancellableFuture(Future):
+    """A future whose ``cancel()`` also works while it runs (``cancel_running=True``).
+
+    Cancelling a running task asks the manager to stop its worker (which is replaced); the
+    future ends cancelled, and a result that still arrives is dropped.
+    """
+
+    _on_cancel_running: Optional[Callable[["_CancellableFuture"], None]] = None
+
+    def cancel(self) -> bool:
+        with self._condition:
+            running = self._state == RUNNING and self._on_cancel_running is not None
+            if running:
+                self._state = CANCELLED
+                self._condition.notify_all()
+        if not running:
+            return super().cancel()
+        self.set_running_or_notify_cancel()  # tells wait() and as_completed() waiters
+        self._invoke_callbacks()
+        self._on_cancel_running(self)
+        return True
+
+
+class SafeProcessPoolExecutor(Executor):
+    """A hardened, drop-in ``concurrent.futures.ProcessPoolExecutor``.
+
+    It takes the stdlib's arguments and gives its newest semantics on Python 3.8 to 3.13, and:
+
+    - a worker that dies (SIGKILL from the OOM killer, a segfault, ``os._exit``) fails only the
+      task it was running, with :class:`~safepool.WorkerLostError`; the worker is replaced and
+      the pool keeps serving;
+    - workers start with ``forkserver`` (or ``spawn``), never ``fork``; they reset SIGTERM,
+      ignore SIGINT and die with their parent;
+    - every worker and every process a task started is reaped, on every path;
+    - beyond the stdlib: per-task timeouts (``task_timeout``, :meth:`schedule`), cancelling a
+      running task (``cancel_running``), recycling by task count, age and memory, a shutdown
+      deadline, bounded and unordered ``map``, and :meth:`stats`.
+
+    Args:
+        max_workers: worker processes at most; default: the CPUs this process may use,
+            cgroup-aware (``loky.cpu_count()``).
+        mp_context: a ``forkserver`` or ``spawn`` multiprocessing context; ``fork`` is refused.
+        initializer, initargs: called in each worker before its first task.
+        max_tasks_per_child: replace a worker after this many tasks.
+        task_timeout: seconds a task may run (from when it starts); then it fails with
+            :class:`~safepool.TaskTimeoutError` and its worker is stopped and replaced.
+        cancel_running: let ``future.cancel()`` stop a running task (its worker is replaced).
+        max_worker_lifetime: replace a worker after this many seconds (after its current task).
+        max_worker_memory: replace a worker whose resident memory, measured after each task,
+            is over this many bytes.
+
+    Example::
+
+        from safepool import SafeProcessPoolExecutor
+
+        if __name__ == "__main__":
+            with SafeProcessPoolExecutor(max_workers=2) as pool:
+                print(list(pool.map(abs, [-1, -2, 3])))   # [1, 2, 3]
+    """
+
+    def __init__(self, max_workers: Optional[int] = None,
+                 mp_context: Optional[BaseContext] = None,
+                 initializer: Optional[Callable[..., Any]] = None,
+                 initargs: Tuple[Any, ...] = (), *,
+                 max_tasks_per_child: Optional[int] = None,
+                 task_timeout: Optional[float] = None,
+                 cancel_running: bool = False,
+                 max_worker_lifetime: Optional[float] = None,
+                 max_worker_memory: Optional[int] = None) -> None:
+        if max_workers is None:
+            max_workers = default_max_workers()
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        _check_positive("task_timeout", task_timeout)
+        _check_positive("max_worker_lifetime", max_worker_lifetime)
+        _check_positive("max_worker_memory", max_worker_memory)
+        ctx = resolve_context(mp_context)
+
+        self._max_workers = max_workers
+        self._mp_context = ctx
+        self._task_timeout = task_timeout
+        self._cancel_running = cancel_running
+        self._ids = itertools.count(1)
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_thread = False
+        self._started = False
+        self._manager = PoolManager(
+            ctx, max_workers, initializer, tuple(initargs),
+            max_tasks_per_child=max_tasks_per_child, task_timeout=task_timeout,
+            max_worker_lifetime=max_worker_lifetime, max_worker_memory=max_worker_memory)
+        # Dropping the executor without shutdown() still stops and reaps its workers.
+        weakref.finalize(self, self._manager.request, "shutdown").atexit = False
+
+    # ---- the stdlib API ------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)`` in a worker; return its Future."""
+        return self._submit(fn, args, kwargs, self._task_timeout)
+
+    def schedule(self, fn: Callable[..., Any], args: Iterable[Any] = (),
+                 kwargs: Optional[Dict[str, Any]] = None, *,
+                 timeout: Optional[float] = None) -> Future:
+        """Like :meth:`submit`, with a timeout for this task (pebble's name and signature).
+
+        ``timeout`` counts seconds from when the task starts running, not from when it was
+        queued; it overrides the executor's ``task_timeout``. On expiry the future fails with
+        :class:`~safepool.TaskTimeoutError` and the worker is stopped and replaced.
+        """
+        _check_positive("timeout", timeout)
+        return self._submit(fn, tuple(args), dict(kwargs or {}),
+                            self._task_timeout if timeout is None else timeout)
+
+    def _submit(self, fn, args, kwargs, timeout) -> Future:
+        manager = self._manager
+        if manager.broken is not None:
+            raise BrokenProcessPool(str(manager.broken)) from manager.broken
+        if self._shutdown_thread:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        if self._cancel_running:
+            future: Future = _CancellableFuture()
+            future._on_cancel_running = manager_cancel(manager)
+        else:
+            future = Future()
+        name = _task_name(fn)
+        manager.count("submitted")
+        try:
+            payload = pickle.dumps((fn, args, kwargs), PROTOCOL)
+        except Exception as exc:
+            err = TaskPicklingError(
+                f"could not pickle the task {name} to send it to a worker: "
+                f"{type(exc).__name__}: {exc}. The function must be importable by name (defined "
+                "at module level, not a lambda or nested function) and every argument picklable.")
+            err.__cause__ = exc
+            future.set_exception(err)
+            manager.count("failed")
+            return future
+        task = Task(next(self._ids), future, payload, name, timeout)
+        if self._cancel_running:
+            future._safepool_task = task
+        manager.pending.append(task)
+        if not self._started:
+            self._start_manager()
+        manager.wakeup()
+        return future
+
+    def _start_manager(self) -> None:
+        with self._shutdown_lock:
+            if not self._started:
+                self._started = True
+                _live_managers.add(self._manager)
+                self._manager.start()
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+            timeout: Optional[float] = None, chunksize: int = 1,
+            buffersize: Optional[int] = None, progress: Any = None) -> Iterator[Any]:
+        """Like ``ProcessPoolExecutor.map``, plus 3.14's ``buffersize`` and ``progress``.
+
+        ``chunksize`` items travel to a worker together. ``buffersize`` bounds how many chunks
+        are in flight: the input is then read lazily, so an endless generator works and memory
+        stays flat. A failed item raises at its own place in the output, after every earlier
+        result. ``progress=True`` shows a tqdm bar; a callable gets ``(done, total)``.
+        Abandoning the iterator cancels what has not started.
+        """
+        return _map.map_ordered(self, fn, iterables, timeout=timeout, chunksize=chunksize,
+                                buffersize=buffersize, progress=progress)
+
+    def map_unordered(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+                      timeout: Optional[float] = None, chunksize: int = 1,
+                      buffersize: Optional[int] = None, progress: Any = None) -> Iterator[Any]:
+        """Like :meth:`map`, but yields results as they complete, in any order."""
+        return _map.map_unordered(self, fn, iterables, timeout=timeout, chunksize=chunksize,
+                                  buffersize=buffersize, progress=progress)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 timeout: Optional[float] = None) -> bool:
+        """Stop accepting tasks, then stop and reap the workers once their work is done.
+
+        ``cancel_futures`` cancels queued tasks that have not started. With ``timeout``
+        (seconds; needs ``wait=True``), work still running when it expires is stopped through
+        the stop ladder and its futures fail. Returns True when everything finished (in time),
+        False otherwise. Safe to call twice, from any thread, and from a done-callback.
+        """
+        _check_positive("timeout", timeout)
+        manager = self._manager
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+            if cancel_futures:
+                self._cancel_pending()
+            if not self._started:
+                return True
+        manager.request("shutdown")
+        thread = manager.thread
+        if not wait or threading.current_thread() is thread:
+            # From a done-callback we run on the manager thread: waiting would wait for us.
+            return not thread.is_alive()
+        try:
+            thread.join(timeout)
+            if not thread.is_alive():
+                return True
+            manager.request("abort", f"shutdown(timeout={timeout:g}) expired", signal.SIGTERM)
+            thread.join(_STOP_BOUND)
+            return False
+        except KeyboardInterrupt:
+            # Ctrl-C while waiting: stop everything now rather than hang on running tasks.
+            manager.request("abort", "KeyboardInterrupt during shutdown()", signal.SIGKILL)
+            thread.join(_STOP_BOUND)
+            raise
+
+    def _cancel_pending(self) -> None:
+        pending = self._manager.pending
+        kept = []
+        while pending:
+            try:
+                task = pending.popleft()
+            except IndexError:  # the manager took the last one
+                break
+            if task.future.cancel():
+                self._manager.count("cancelled")
+            else:
+                kept.append(task)  # sent to a worker once already: not cancellable
+        pending.extendleft(reversed(kept))
+
+    def terminate_workers(self) -> None:
+        """Stop every worker now with SIGTERM (then SIGKILL of its tree); shut down.
+
+        Queued tasks are cancelled; running ones fail with WorkerLostError. (Python 3.14 API.)
+        """
+        self._force_stop("terminate_workers() was called", signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """Like :meth:`terminate_workers`, with SIGKILL straight away. (Python 3.14 API.)"""
+        self._force_stop("kill_workers() was called", signal.SIGKILL)
+
+    def _force_stop(self, reason: str, sig: int) -> None:
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+            self._cancel_pending()
+            if not self._started:
+                return
+        self._manager.request("abort", reason, sig)
+
+    def stats(self) -> PoolStats:
+        """An immutable snapshot of workers and tasks: see :class:`~safepool.PoolStats`."""
+        return self._manager.stats()
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C in the with block: the user wants out now, not after the queue drains.
+            self.shutdown(wait=True, cancel_futures=True)
+            self.terminate_workers()
+            self._manager.thread.join(_STOP_BOUND) if self._started else None
+        else:
+            self.shutdown(wait=True)
+        return False
+
+    # ---- read by code written against the stdlib's private attributes --------------------
+
+    @property
+    def _processes(self) -> Dict[int, Any]:
+        return {pid: w.proc.process for pid, w in list(self._manager.workers.items())}
+
+    @property
+    def _broken(self):
+        broken = self._manager.broken
+        return str(broken) if broken is not None else False
+
+
+#: How long shutdown waits for workers after SIGKILL before it gives up waiting.
+_STOP_BOUND = 30.0
+
+
+def manager_cancel(manager: PoolManager) -> Callable[[Future], None]:
+    def on_cancel_running(future: Future) -> None:
+        manager.request("cancel", future._safepool_task)
+
+    return on_cancel_running
+
+
+def _check_positive(name: str, value) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of {'bytes' if 'memory' in name else 'seconds'}"
+                        f" or None, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0 or None, not {value!r}")
+
+
+if sys.version_info < (3, 8):  # pragma: no cover
+    raise ImportError("safepool needs Python 3.8 or newer")

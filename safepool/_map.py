@@ -1,0 +1,199 @@
+"""``map`` and ``map_unordered``: chunking, bounded look-ahead, timeouts and progress.
+
+The iterators hold only a weak reference to the executor, so an abandoned iterator does not
+keep a pool alive; closing or dropping the iterator cancels what has not started.
+"""
+import collections
+import itertools
+import pickle
+import queue
+import time
+import weakref
+from concurrent.futures import TimeoutError as FuturesTimeoutError
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+from . import _protocol as P
+
+
+def run_chunk(fn: Callable, chunk: list):
+    """Runs in the worker: call ``fn`` on each item of a chunk, stopping at the first error.
+
+    Returns ``(results, error)``: the results up to the failing item, and that item's pickled
+    exception (or None), so that the parent yields every good result before raising at the
+    failed item's own place in the output.
+    """
+    results = []
+    for args in chunk:
+        try:
+            results.append(fn(*args))
+        except BaseException as exc:  # noqa: B036 - the stdlib reports SystemExit here too
+            return results, P.dump_exception(exc, f"{getattr(fn, '__qualname__', fn)} raised")
+    return results, None
+
+
+def validate(chunksize: int, buffersize: Optional[int]) -> None:
+    if chunksize < 1:
+        raise ValueError("chunksize must be >= 1.")
+    if buffersize is not None:
+        if not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+
+
+def _total(iterables) -> Optional[int]:
+    try:
+        return min(len(it) for it in iterables)
+    except TypeError:
+        return None
+
+
+class _Progress:
+    """Reports done/total to a callback, or to a tqdm bar when ``progress=True``."""
+
+    def __init__(self, progress: Any, total: Optional[int]):
+        self.done = 0
+        self.total = total
+        self.bar = None
+        self.callback = None
+        if progress is True:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                raise ImportError("progress=True needs tqdm: pip install 'safepool[progress]', "
+                                  "or pass a callback progress(done, total)") from None
+            self.bar = tqdm(total=total)
+        elif callable(progress):
+            self.callback = progress
+        elif progress:
+            raise TypeError("progress must be None, True (a tqdm bar) or a callable "
+                            "progress(done, total)")
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _submitter(executor, fn: Callable, chunksize: int):
+    """A function that submits one item (chunksize 1) or one chunk of items."""
+    ref = weakref.ref(executor)
+
+    def submit(item):
+        ex = ref()
+        if ex is None:
+            raise RuntimeError("the executor was garbage-collected during map()")
+        if chunksize == 1:
+            return ex.submit(fn, *item)
+        return ex.submit(run_chunk, fn, item)
+
+    return submit
+
+
+def _items(iterables, chunksize: int) -> Iterator:
+    args = zip(*iterables)
+    if chunksize == 1:
+        return args
+    return iter(lambda: list(itertools.islice(args, chunksize)), [])
+
+
+def _values(value, chunked: bool):
+    """The results a finished future stands for, raising a chunk's error after its results."""
+    if not chunked:
+        return (value,), None
+    results, error = value
+    return results, error
+
+
+def _raise_chunk_error(error: bytes) -> None:
+    raise pickle.loads(error)
+
+
+def map_ordered(executor, fn: Callable, iterables, *, timeout: Optional[float], chunksize: int,
+                buffersize: Optional[int], progress: Any) -> Iterator:
+    validate(chunksize, buffersize)
+    end = None if timeout is None else time.monotonic() + timeout
+    submit = _submitter(executor, fn, chunksize)
+    items = _items(iterables, chunksize)
+    first = items if buffersize is None else itertools.islice(items, buffersize)
+    futures = collections.deque(submit(item) for item in first)  # submitted now, like the stdlib
+    tracker = _Progress(progress, _total(iterables)) if progress else None
+    return _ordered(futures, items, submit, buffersize, end, chunksize > 1, tracker)
+
+
+def _ordered(futures, items, submit, buffersize, end, chunked, tracker):
+    try:
+        while futures:
+            if buffersize is not None:
+                for item in itertools.islice(items, 1):  # keep the look-ahead full
+                    futures.append(submit(item))
+            future = futures.popleft()
+            value = future.result() if end is None else future.result(end - time.monotonic())
+            del future
+            results, error = _values(value, chunked)
+            for result in results:
+                if tracker is not None:
+                    tracker.advance()
+                yield result
+            if error is not None:
+                _raise_chunk_error(error)
+    finally:
+        for future in futures:
+            future.cancel()
+        if tracker is not None:
+            tracker.close()
+
+
+def map_unordered(executor, fn: Callable, iterables: Iterable, *, timeout: Optional[float],
+                  chunksize: int, buffersize: Optional[int], progress: Any) -> Iterator:
+    validate(chunksize, buffersize)
+    end = None if timeout is None else time.monotonic() + timeout
+    plain_submit = _submitter(executor, fn, chunksize)
+    finished: "queue.SimpleQueue" = queue.SimpleQueue()
+
+    def submit(item):
+        future = plain_submit(item)
+        future.add_done_callback(finished.put)
+        return future
+
+    items = _items(iterables, chunksize)
+    first = items if buffersize is None else itertools.islice(items, buffersize)
+    in_flight = {submit(item) for item in first}
+    tracker = _Progress(progress, _total(iterables)) if progress else None
+    return _unordered(in_flight, finished, items, submit, buffersize, end, chunksize > 1,
+                      tracker)
+
+
+def _unordered(in_flight, finished, items, submit, buffersize, end, chunked, tracker):
+    try:
+        while in_flight:
+            try:
+                if end is None:
+                    future = finished.get()
+                else:
+                    future = finished.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise FuturesTimeoutError() from None
+            in_flight.discard(future)
+            if buffersize is not None:
+                for item in itertools.islice(items, 1):
+                    in_flight.add(submit(item))
+            results, error = _values(future.result(), chunked)
+            del future
+            for result in results:
+                if tracker is not None:
+                    tracker.advance()
+                yield result
+            if error is not None:
+                _raise_chunk_error(error)
+    finally:
+        for future in in_flight:
+            future.cancel()
+        if tracker is not None:
+            tracker.close()

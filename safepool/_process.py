@@ -1,0 +1,122 @@
+"""Worker processes: the start-method policy, starting one, and stopping one for good.
+
+Everything here is called from the manager thread only.
+"""
+import multiprocessing
+import os
+import signal
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from typing import List, Optional
+
+from ._worker import worker_main
+
+SAFE_METHODS = ("forkserver", "spawn")
+
+
+def resolve_context(mp_context: Optional[BaseContext]) -> BaseContext:
+    """The multiprocessing context workers are started with: forkserver or spawn, never fork.
+
+    Forking a process that holds threads and locks (logging, queues, the manager thread itself)
+    deadlocks children at random, and forked children inherit the parent's signal handlers.
+    """
+    if mp_context is None:
+        methods = multiprocessing.get_all_start_methods()
+        return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    get_method = getattr(mp_context, "get_start_method", None)
+    if get_method is None:
+        raise TypeError(
+            f"mp_context must be a multiprocessing context, such as "
+            f"multiprocessing.get_context('spawn'), not {type(mp_context).__name__}"
+        )
+    method = get_method()
+    if method not in SAFE_METHODS:
+        raise ValueError(
+            f"safepool does not start workers with the {method!r} start method: a forked worker "
+            "inherits the parent's threads, locks and signal handlers, and deadlocks or ignores "
+            "SIGTERM at random. Pass mp_context=multiprocessing.get_context('forkserver') "
+            "(or 'spawn'), or leave mp_context=None to get forkserver where available."
+        )
+    return mp_context
+
+
+class WorkerProcess:
+    """One started worker: its process and the parent's ends of its pipes.
+
+    ``task_fd`` (parent writes tasks) and ``result_fd`` (parent reads results) are non-blocking:
+    the manager never waits on one worker. ``lifeline_fd`` is never written; closing it, or the
+    parent's death, tells the worker to exit.
+    """
+
+    def __init__(self, ctx: BaseContext, initializer, initargs, measure_rss: bool):
+        task_r, self.task_fd = os.pipe()
+        self.result_fd, result_w = os.pipe()
+        lifeline_r, self.lifeline_fd = os.pipe()
+        child_ends = [Connection(task_r), Connection(result_w), Connection(lifeline_r)]
+        self.process = ctx.Process(
+            target=worker_main,
+            args=(*child_ends, initializer, initargs, measure_rss),
+            name="safepool-worker",
+        )
+        try:
+            self.process.start()
+        except BaseException:
+            for fd in (self.task_fd, self.result_fd, self.lifeline_fd):
+                os.close(fd)
+            raise
+        finally:
+            for conn in child_ends:  # the child has its own copies now
+                conn.close()
+        self.pid: int = self.process.pid
+        self.sentinel: int = self.process.sentinel
+        os.set_blocking(self.task_fd, False)
+        os.set_blocking(self.result_fd, False)
+
+    def descendants(self) -> List:
+        """psutil handles of every process this worker started, found before it is killed.
+
+        Once the worker is dead its children are re-parented and can no longer be found.
+        """
+        try:
+            import psutil
+
+            return psutil.Process(self.pid).children(recursive=True)
+        except Exception:  # the worker is already gone, or psutil cannot see it
+            return []
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill_group(self) -> None:
+        """SIGKILL whatever is left of the worker's process group (what its tasks started)."""
+        if not hasattr(os, "killpg"):
+            return
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def reap(self) -> Optional[int]:
+        """Collect the exit status (no zombie is left) and release every descriptor we hold."""
+        self.kill_group()
+        self.process.join()
+        exitcode = self.process.exitcode
+        self.process.close()
+        for fd in (self.task_fd, self.result_fd, self.lifeline_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        return exitcode
+
+
+def kill_tree(processes: List) -> None:
+    """SIGKILL a list of psutil processes (a worker's descendants), ignoring those gone."""
+    for proc in processes:
+        try:
+            proc.kill()
+        except Exception:
+            pass

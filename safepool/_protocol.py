@@ -1,0 +1,119 @@
+"""The messages between the parent and a worker, and how they are framed.
+
+Each worker has two pipes of its own (no lock shared with any other process), so a worker that
+dies at any instruction can corrupt only its own pipes, never another worker's.
+
+Parent -> worker, one message:  ``!QB`` (body length, kind) + body
+    TASKS  body: one or more task frames, each ``!QI`` (task id, payload length) + payload,
+           where payload is ``pickle((fn, args, kwargs))``. Several queued tasks travel in one
+           message when the queue is deep, which saves system calls per task.
+    STOP   body: empty. The worker exits after the tasks sent before it.
+
+Worker -> parent, one message per event:  ``!QBQQ`` (payload length, kind, task id, rss) + payload
+    READY        the initializer succeeded; tasks that arrive from now on may start.
+    INIT_FAILED  payload: the initializer's exception (see ``wrap_exception``).
+    RESULT       payload: the task's return value.
+    ERROR        payload: the task's exception.
+    BAD_TASK     payload: why the task could not be unpickled in the worker.
+The task id travels outside the pickle so that a payload which cannot be unpickled still names
+its task, and only that task fails.
+"""
+import os
+import pickle
+import struct
+import traceback
+from typing import Iterator, List, Tuple
+
+from .errors import RemoteTraceback, TaskPicklingError
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+# Parent -> worker
+TASKS = 1
+STOP = 2
+TO_WORKER = struct.Struct("!QB")
+TASK_FRAME = struct.Struct("!QI")
+
+# Worker -> parent
+READY = 10
+INIT_FAILED = 11
+RESULT = 12
+ERROR = 13
+BAD_TASK = 14
+FROM_WORKER = struct.Struct("!QBQQ")
+
+
+def encode_task(task_id: int, payload: bytes) -> bytes:
+    """One task frame: its id and length, then the pickled (fn, args, kwargs)."""
+    return TASK_FRAME.pack(task_id, len(payload))
+
+
+def iter_task_frames(body: memoryview) -> Iterator[Tuple[int, memoryview]]:
+    """Split a TASKS body into (task id, payload) pairs."""
+    pos, end = 0, len(body)
+    size = TASK_FRAME.size
+    while pos < end:
+        task_id, length = TASK_FRAME.unpack_from(body, pos)
+        pos += size
+        yield task_id, body[pos:pos + length]
+        pos += length
+
+
+def write_all(fd: int, buffers: List[bytes]) -> None:
+    """Blocking write of every buffer, in order, with as few system calls as the pipe allows."""
+    views = [memoryview(b) for b in buffers if len(b)]
+    while views:
+        written = os.writev(fd, views[:512])
+        while written and views:
+            head = views[0]
+            if written >= len(head):
+                written -= len(head)
+                views.pop(0)
+            else:
+                views[0] = head[written:]
+                written = 0
+
+
+def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+class RemoteException:
+    """An exception raised in a worker, carried to the parent with its formatted traceback.
+
+    Unpickling it gives back the original exception with a ``RemoteTraceback`` as its
+    ``__cause__``, so the user sees where in the worker it was raised.
+    """
+
+    __slots__ = ("exc", "tb")
+
+    def __init__(self, exc: BaseException, tb: str):
+        self.exc = exc
+        self.tb = tb
+
+    def __reduce__(self):
+        return _rebuild_exception, (self.exc, self.tb)
+
+
+def format_remote(exc: BaseException) -> str:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f'\n"""\n{tb}"""'
+
+
+def dump_exception(exc: BaseException, what: str) -> bytes:
+    """Pickle an exception raised in the worker; if it cannot be pickled, pickle one that says so.
+
+    ``what`` names where it came from ("fn raised", "the initializer raised") for the message.
+    """
+    tb = format_remote(exc)
+    try:
+        return pickle.dumps(RemoteException(exc, tb), PROTOCOL)
+    except BaseException as pickle_error:  # noqa: B036 - any failure here must still report
+        substitute = TaskPicklingError(
+            f"{what} {type(exc).__qualname__}: {exc}; that exception could not be pickled "
+            f"to send it back to the parent ({type(pickle_error).__name__}: {pickle_error}). "
+            "Make the exception picklable (pass all its arguments to super().__init__) or "
+            "raise a builtin exception."
+        )
+        return pickle.dumps(RemoteException(substitute, tb), PROTOCOL)

@@ -1,0 +1,34 @@
+"""The health snapshot returned by ``SafeProcessPoolExecutor.stats()``."""
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+#: Why a worker was replaced (the keys of ``PoolStats.workers_replaced``).
+CAUSES = ("crash", "timeout", "cancel", "recycle", "terminated")
+
+
+def _no_causes() -> Mapping[str, int]:
+    return MappingProxyType({cause: 0 for cause in CAUSES})
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """An immutable snapshot of one executor's health, taken when ``stats()`` was called.
+
+    ``workers_replaced`` maps a cause ("crash", "timeout", "cancel", "recycle",
+    "terminated") to how many workers ended for it; workers stopped by ``shutdown()`` are
+    not counted there. ``late_results_dropped`` counts results that arrived for a task which
+    had already timed out or been cancelled: they are dropped, never delivered twice.
+    """
+
+    workers_alive: int = 0
+    workers_busy: int = 0
+    workers_started: int = 0
+    workers_replaced: Mapping[str, int] = field(default_factory=_no_causes)
+    tasks_submitted: int = 0
+    tasks_queued: int = 0
+    tasks_running: int = 0
+    tasks_completed: int = 0
+    tasks_failed: int = 0
+    tasks_cancelled: int = 0
+    late_results_dropped: int = 0

@@ -1,0 +1,110 @@
+"""The errors safepool raises, each a subclass of what the stdlib would raise in its place.
+
+Code written for ``ProcessPoolExecutor`` keeps working: ``except BrokenProcessPool`` still
+catches a lost worker and ``except TimeoutError`` still catches a task timeout.
+"""
+import concurrent.futures
+import pickle
+import signal
+from concurrent.futures.process import BrokenProcessPool
+from typing import Optional
+
+__all__ = [
+    "BrokenProcessPool",
+    "WorkerLostError",
+    "TaskTimeoutError",
+    "TaskPicklingError",
+    "TaskUnpicklingError",
+    "RemoteTraceback",
+]
+
+# Likely causes, so the message says what to look at rather than only what happened.
+_SIGNAL_HINTS = {
+    signal.SIGKILL: "often the out-of-memory killer; check the worker's memory use (dmesg)",
+    signal.SIGSEGV: "a segmentation fault, usually in a C extension",
+    signal.SIGBUS: "a bus error, usually in a C extension or a truncated mmap",
+    signal.SIGABRT: "abort() was called, usually by a failed C assertion",
+    signal.SIGTERM: "something sent SIGTERM to the worker",
+    signal.SIGFPE: "a floating point exception in C code",
+}
+
+
+def describe_exit(exitcode: Optional[int]) -> str:
+    """Say in words how a process ended, from multiprocessing's exitcode."""
+    if exitcode is None:
+        return "it is still running"
+    if exitcode < 0:
+        try:
+            sig = signal.Signals(-exitcode)
+        except ValueError:
+            return f"it was killed by signal {-exitcode}"
+        hint = _SIGNAL_HINTS.get(sig)
+        return f"it was killed by {sig.name}" + (f" ({hint})" if hint else "")
+    return f"it exited with code {exitcode}"
+
+
+class WorkerLostError(BrokenProcessPool):
+    """The worker running this task died before it could send a result back.
+
+    Only the task that was running on that worker fails with this error; the worker is
+    replaced and the pool keeps serving. It subclasses ``BrokenProcessPool`` so that code
+    written for ``ProcessPoolExecutor`` still catches it.
+    """
+
+    def __init__(self, message: str, pid: Optional[int] = None,
+                 exitcode: Optional[int] = None, task: Optional[str] = None):
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.task = task
+
+    @property
+    def signal(self) -> Optional[int]:
+        """The signal that killed the worker, or None if it exited by itself."""
+        if self.exitcode is not None and self.exitcode < 0:
+            return -self.exitcode
+        return None
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.pid, self.exitcode, self.task))
+
+
+if concurrent.futures.TimeoutError is TimeoutError:  # Python 3.11 and later
+    _TIMEOUT_BASES = (TimeoutError,)
+else:
+    _TIMEOUT_BASES = (concurrent.futures.TimeoutError, TimeoutError)
+
+
+class TaskTimeoutError(*_TIMEOUT_BASES):  # type: ignore[misc]
+    """A task ran longer than its timeout; its worker was stopped and replaced.
+
+    A subclass of both ``concurrent.futures.TimeoutError`` and the builtin ``TimeoutError``.
+    """
+
+
+class TaskPicklingError(pickle.PicklingError):
+    """A task's callable, arguments, result or exception could not be pickled.
+
+    The message says which part failed and why; the original error is chained as
+    ``__cause__``. Only that task's future fails; the pool keeps serving.
+    """
+
+
+class TaskUnpicklingError(pickle.UnpicklingError, BrokenProcessPool):
+    """A task could not be unpickled in the worker, or its result in the parent.
+
+    The stdlib reports these as ``BrokenProcessPool`` (and then the whole pool is broken);
+    safepool fails only that task's future, with an error that is still a
+    ``BrokenProcessPool`` so existing ``except`` clauses keep working.
+    """
+
+
+class RemoteTraceback(Exception):
+    """Carries the formatted traceback from the worker; set as ``__cause__`` of a task's error."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
