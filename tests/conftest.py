@@ -1,0 +1,90 @@
+"""Shared fixtures: every test checks with psutil that it left no process, zombie or fd behind."""
+import os
+import sys
+import time
+
+import psutil
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # so `tasks` is importable here and in workers
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__)),
+     os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
+# The stdlib's helpers live as long as the interpreter; they are not leaks.
+HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker", "resource_tracker")
+
+
+def leftover_children():
+    """Our descendants other than the stdlib's interpreter-lifetime helpers."""
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+            if any(h in cmd for h in HELPERS):
+                continue
+            out.append((child.pid, child.status(), cmd[:80]))
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def wait_until(predicate, timeout=20.0, interval=0.02, message="condition"):
+    """Poll ``predicate`` until true or the deadline: the only way tests wait."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def wait_for_pid_file(path, timeout=30.0):
+    def read():
+        if os.path.exists(path):
+            with open(path) as f:
+                return f.read()
+        return None
+    return wait_until(read, timeout, message=f"pid file {path}")
+
+
+def no_leftovers(timeout=15.0):
+    """Wait until no child process (nor zombie) of ours is left; return what is left."""
+    deadline = time.monotonic() + timeout
+    left = leftover_children()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = leftover_children()
+    return left
+
+
+@pytest.fixture
+def clean_process():
+    """Asserts the test left no child process and no extra file descriptor."""
+    import gc
+
+    gc.collect()
+    fds_before = psutil.Process().num_fds()
+    yield
+    gc.collect()
+    left = no_leftovers()
+    assert not left, f"processes left behind: {left}"
+    deadline = time.monotonic() + 10
+    while psutil.Process().num_fds() > fds_before and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    assert psutil.Process().num_fds() <= fds_before, (
+        f"file descriptors leaked: {psutil.Process().num_fds() - fds_before}")
+
+
+@pytest.fixture(params=["forkserver", "spawn"])
+def start_method(request):
+    return request.param
+
+
+@pytest.fixture
+def ctx(start_method):
+    import multiprocessing
+
+    return multiprocessing.get_context(start_method)
