@@ -416,10 +416,16 @@ def case_memory(make, n, batch=10000):
         _run_many(ex, min(n, 5 * batch), 0, batch, use_map)
         gc.collect()
         rss0 = rss()
+        # Sample RSS ten times along the way: steady growth (a leak) looks different from a
+        # one-off step (allocator arenas, caches) even when the end-to-end numbers agree.
+        samples = []
+        step = max(1, n // 10)
         t0 = perf()
-        _run_many(ex, n, 0, batch, use_map)
+        for lo in range(0, n, step):
+            _run_many(ex, min(step, n - lo), lo, batch, use_map)
+            gc.collect()
+            samples.append(round((rss() - rss0) / MB, 2))
         elapsed = perf() - t0
-        gc.collect()
         rss1 = rss()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     finally:
@@ -432,6 +438,10 @@ def case_memory(make, n, batch=10000):
         "rss_end_MB": rss1 / MB,
         "peak_over_start_MB": (peak - rss0) / MB if sys.platform.startswith("linux") else None,
         "tasks/s": n / elapsed,
+        "growth_MB_at_each_10pct": samples,
+        "second_half_growth_MB": samples[-1] - samples[len(samples) // 2 - 1]
+        if len(samples) > 1
+        else None,
     }
     return "ok", (rss1 - rss0) / MB, "", extra
 

@@ -31,7 +31,7 @@ import time
 import traceback
 from collections import OrderedDict, namedtuple
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import psutil
 

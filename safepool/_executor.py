@@ -187,45 +187,50 @@ class SafeProcessPoolExecutor(Executor):
 
     def _submit(self, fn, args, kwargs, timeout) -> Future:
         manager = self._manager
-        if manager.broken is not None:
-            raise BrokenProcessPool(str(manager.broken)) from manager.broken
-        if self._shutdown_thread:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        if _interpreter_exiting:
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        self._check_open()  # before pickling: a closed pool says so, whatever the task
         if self._cancel_running:
             future: Future = _CancellableFuture()
             future._on_cancel_running = manager_cancel(manager)
         else:
             future = Future()
         name = _task_name(fn)
-        manager.count("submitted")
         try:
             payload = pickle.dumps((fn, args, kwargs), PROTOCOL)
         except Exception as exc:
+            # The stdlib reports this on the future, not at submit(): so do we.
             err = TaskPicklingError(
                 f"could not pickle the task {name} to send it to a worker: "
                 f"{type(exc).__name__}: {exc}. The function must be importable by name (defined "
                 "at module level, not a lambda or nested function) and every argument picklable.")
             err.__cause__ = exc
             future.set_exception(err)
+            manager.count("submitted")
             manager.count("failed")
             return future
         task = Task(next(self._ids), future, payload, name, timeout)
         if self._cancel_running:
             future._safepool_task = task
-        manager.pending.append(task)
-        if not self._started:
-            self._start_manager()
+        with self._shutdown_lock:
+            # Checked again under the lock that shutdown() takes, so no task slips in after
+            # the manager has decided it is done.
+            self._check_open()
+            manager.pending.append(task)
+            manager.accepted += 1
+            if not self._started:
+                self._started = True
+                _live_managers.add(manager)
+                manager.start()
         manager.wakeup()
         return future
 
-    def _start_manager(self) -> None:
-        with self._shutdown_lock:
-            if not self._started:
-                self._started = True
-                _live_managers.add(self._manager)
-                self._manager.start()
+    def _check_open(self) -> None:
+        broken = self._manager.broken
+        if broken is not None:
+            raise BrokenProcessPool(str(broken)) from broken
+        if self._shutdown_thread:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: Optional[float] = None, chunksize: int = 1,
@@ -323,11 +328,9 @@ class SafeProcessPoolExecutor(Executor):
     def __exit__(self, exc_type, exc_val, exc_tb):
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             # Ctrl-C in the with block: the user wants out now, not after the queue drains.
-            self.shutdown(wait=True, cancel_futures=True)
+            # Queued tasks are cancelled, running ones stopped, every worker reaped.
             self.terminate_workers()
-            self._manager.thread.join(_STOP_BOUND) if self._started else None
-        else:
-            self.shutdown(wait=True)
+        self.shutdown(wait=True)
         return False
 
     # ---- read by code written against the stdlib's private attributes --------------------

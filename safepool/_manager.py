@@ -22,6 +22,7 @@ import selectors
 import signal
 import threading
 import time
+from types import MappingProxyType
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool
 from typing import Deque, Dict, List, Optional
@@ -124,6 +125,7 @@ class PoolManager:
         self.pending: Deque[Task] = collections.deque()
         self.commands: Deque[tuple] = collections.deque()
         self.broken: Optional[BrokenProcessPool] = None
+        self.accepted = 0  # tasks queued by submit(), counted under the executor's lock
         self.shutting_down = False
 
         self.workers: Dict[int, Worker] = {}
@@ -150,6 +152,7 @@ class PoolManager:
         os.set_blocking(self._wake_w, False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._wake_closed = False
+        self._woken = False
         self.thread.start()
 
     def count(self, key: str, n: int = 1) -> None:
@@ -181,8 +184,8 @@ class PoolManager:
             workers_alive=len(workers),
             workers_busy=sum(1 for w in workers if w.tasks),
             workers_started=c["started"],
-            workers_replaced={cause: c["replaced_" + cause] for cause in CAUSES},
-            tasks_submitted=c["submitted"],
+            workers_replaced=MappingProxyType({cause: c["replaced_" + cause] for cause in CAUSES}),
+            tasks_submitted=self.accepted + c["submitted"],
             tasks_queued=len(self.pending),
             tasks_running=sum(len(w.tasks) for w in workers),
             tasks_completed=c["completed"],
