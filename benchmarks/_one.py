@@ -69,7 +69,7 @@ class FuturesAdapter:
 
 
 class PebbleAdapter:
-    """``pebble.ProcessPool``: ``schedule(fn, args=...)``; ``map`` returns a future of an iterator."""
+    """``pebble.ProcessPool``: ``schedule(fn, args=...)``; ``map`` returns a future of results."""
 
     def __init__(self, pool):
         self.pool = pool
@@ -394,7 +394,7 @@ def _run_many(ex, n, start, batch, use_map):
     """Run tasks ``start..start+n`` without keeping their futures alive."""
     if use_map:
         total = 0
-        for x in ex.map(_tasks.identity, range(start, start + n), chunksize=1, buffersize=batch):
+        for _ in ex.map(_tasks.identity, range(start, start + n), chunksize=1, buffersize=batch):
             total += 1
         assert total == n
         return
@@ -432,8 +432,9 @@ def case_memory(make, n, batch=10000):
         ex.shutdown(wait=True)
     extra = {
         "n": n,
-        "method": "map(chunksize=1, buffersize=%d)" % batch if use_map else "submit batches of %d"
-        % batch,
+        "method": "map(chunksize=1, buffersize=%d)" % batch
+        if use_map
+        else "submit batches of %d" % batch,
         "rss_start_MB": rss0 / MB,
         "rss_end_MB": rss1 / MB,
         "peak_over_start_MB": (peak - rss0) / MB if sys.platform.startswith("linux") else None,

@@ -407,7 +407,8 @@ def render_rst(summary, executors, cases, info, args, sizes):
         ".. This file is replaced by `python benchmarks/run.py --write-docs`; do not edit.",
         ".. Headings inside it, if any, must use ~ underlines (benchmarks.rst uses = and -).",
         "",
-        "Measured on %s with ``python benchmarks/run.py%s``." % (
+        "Measured on %s with ``python benchmarks/run.py%s``."
+        % (
             info["date"],
             (" --quick" if args.quick else "") + (" --repeat %d" % args.repeat),
         ),
@@ -616,8 +617,10 @@ def main(argv=None):
         print("Plot written to %s" % args.plot)
     errors = [r for r in records if r.get("status") == "error"]
     if errors:
-        print("%d measurement(s) failed; first: %s %s: %s" % (
-            len(errors), errors[0]["executor"], errors[0]["case"], errors[0].get("note")))
+        print(
+            "%d measurement(s) failed; first: %s %s: %s"
+            % (len(errors), errors[0]["executor"], errors[0]["case"], errors[0].get("note"))
+        )
     return 0
 
 
