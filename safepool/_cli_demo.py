@@ -326,13 +326,19 @@ def scenario_oom(kind: str, probe: Probe, options: argparse.Namespace) -> Dict[s
 
 
 def _submit_after_crash(executor: Any) -> Dict[str, Any]:
-    """Submit four fresh tasks after a crash: does the pool still serve them?"""
+    """Submit four fresh tasks after a crash: does the pool still serve them?
+
+    The pool is *broken* when it refuses them or none succeeds; ``lost_after`` counts the
+    new tasks that failed even so (work submitted after the crash should never be lost).
+    """
     try:
         later = [executor.submit(square, i) for i in range(4)]
     except BrokenProcessPool as exc:
-        return {"pool_broken": True, "after": None, "submit_error": describe_error(exc)}
+        return {"pool_broken": True, "after": None, "lost_after": 4,
+                "submit_error": describe_error(exc)}
     after = tally(later, timeout=20)
-    return {"pool_broken": after["ok"] < len(later), "after": after, "submit_error": None}
+    return {"pool_broken": after["ok"] == 0, "after": after,
+            "lost_after": len(later) - after["ok"], "submit_error": None}
 
 
 def _ignore_sigterm(signum: int, frame: Any) -> None:
@@ -702,8 +708,12 @@ def _pool_after(r: Dict[str, Any]) -> str:
         return "pool BROKEN: submit() raises %s" % r["submit_error"].split(":")[0]
     after = r.get("after") or {}
     total = sum(after.get(k, 0) for k in ("ok", "failed", "cancelled", "pending"))
+    failed = total - after.get("ok", 0)
     if r.get("pool_broken"):
-        return "pool BROKEN: %d/%d new tasks failed" % (total - after.get("ok", 0), total)
+        return "pool BROKEN: %d/%d new tasks failed" % (failed, total)
+    if failed:
+        return "pool kept serving, but %d/%d tasks submitted after the crash FAILED (%s)" % (
+            failed, total, ", ".join(sorted(after.get("errors", {}))) or "never resolved")
     return "pool kept serving (%d/%d new tasks ok)" % (after.get("ok", 0), total)
 
 
@@ -712,7 +722,7 @@ def summarize_oom(r: Dict[str, Any]) -> "tuple[str, bool]":
     lost = r["lost_beyond_killed"]
     text = "killed task failed with %s; %s; %s" % (
         errors, "%d other tasks lost" % lost if lost else "no other task lost", _pool_after(r))
-    return text, lost == 0 and not r["pool_broken"]
+    return text, lost == 0 and not r["pool_broken"] and r["lost_after"] == 0
 
 
 def summarize_sigterm(r: Dict[str, Any]) -> "tuple[str, bool]":
@@ -721,7 +731,7 @@ def summarize_sigterm(r: Dict[str, Any]) -> "tuple[str, bool]":
     else:
         text = ("worker IGNORED SIGTERM (inherited the handler; alive after 3 s): "
                 "terminate() cannot stop it; %s" % _pool_after(r))
-    return text, r["worker_died"] and not r["pool_broken"]
+    return text, r["worker_died"] and not r["pool_broken"] and r["lost_after"] == 0
 
 
 def _shutdown_words(shutdown: Dict[str, Any], limit: float) -> str:
@@ -832,12 +842,12 @@ class Progress:
             if self.tty:
                 self._show("running: " + ", ".join(self.running))
 
-    def end(self, label: str, result: Dict[str, Any]) -> None:
+    def end(self, label: str, result: Dict[str, Any], seconds: float) -> None:
         with self.lock:
             self.running.remove(label)
             self.done += 1
             verdict = {True: "ok", False: "BAD", None: "ERROR"}[result.get("ok")]
-            text = "%s: %s in %.1f s" % (label, verdict, result.get("seconds") or 0)
+            text = "%s: %s in %.1f s" % (label, verdict, seconds)
             if self.tty:
                 self._show(text)
             elif not self.quiet:
@@ -933,12 +943,13 @@ def run_demo(options: argparse.Namespace) -> int:
         name, kind = job
         label = "%s / %s" % (name, kind)
         progress.begin(label)
+        began = time.monotonic()
         if kind == "safepool" and safepool_error:
             result = {"error": "safepool is not importable: " + safepool_error, "seconds": 0}
         else:
             result = run_one(name, kind, options.timeout, options.cycles)
         results[job] = annotate(name, result)
-        progress.end(label, result)
+        progress.end(label, result, time.monotonic() - began)
 
     # Threads only wait on subprocesses; ``jobs`` of them run scenarios side by side.
     with concurrent.futures.ThreadPoolExecutor(max_workers=options.jobs) as runner:
