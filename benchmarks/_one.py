@@ -211,33 +211,57 @@ def worker_pids():
 # --------------------------------------------------------------------------------------------
 
 
+def cpu():
+    """CPU time (user + system) of this process, all threads: the parent's cost."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)  # microsecond resolution, unlike os.times()
+    return r.ru_utime + r.ru_stime
+
+
 def case_submit_noop(make, n):
     ex = make()
     try:
         warm_up(ex)
+        c0 = cpu()
         t0 = perf()
         futures = [ex.submit(_tasks.noop) for _ in range(n)]
         t_submitted = perf()
         for f in futures:
             f.result()
         elapsed = perf() - t0
+        parent_cpu = cpu() - c0
     finally:
         ex.shutdown(wait=True)
-    return "ok", n / elapsed, "", {"elapsed": elapsed, "submit_phase": t_submitted - t0, "n": n}
+    extra = {
+        "elapsed": elapsed,
+        "submit_phase": t_submitted - t0,
+        "n": n,
+        "parent_cpu_us_per_task": 1e6 * parent_cpu / n,
+    }
+    return "ok", n / elapsed, "", extra
 
 
 def _map_case(make, n, chunksize):
     ex = make()
     try:
         warm_up(ex)
+        c0 = cpu()
         t0 = perf()
         results = list(ex.map(_tasks.square, range(n), chunksize=chunksize))
         elapsed = perf() - t0
+        parent_cpu = cpu() - c0
     finally:
         ex.shutdown(wait=True)
     if len(results) != n or results[-1] != (n - 1) ** 2:
         raise AssertionError("map returned wrong results")
-    return "ok", n / elapsed, "", {"elapsed": elapsed, "n": n, "chunksize": chunksize}
+    extra = {
+        "elapsed": elapsed,
+        "n": n,
+        "chunksize": chunksize,
+        "parent_cpu_us_per_item": 1e6 * parent_cpu / n,
+    }
+    return "ok", n / elapsed, "", extra
 
 
 def case_map_chunked(make, n):
@@ -255,10 +279,12 @@ def case_latency(make, n):
         for _ in range(max(50, n // 10)):
             ex.submit(_tasks.noop).result()
         samples = []
+        c0 = cpu()
         for _ in range(n):
             t0 = perf()
             ex.submit(_tasks.noop).result()
             samples.append(perf() - t0)
+        parent_cpu = cpu() - c0
     finally:
         ex.shutdown(wait=True)
     samples.sort()
@@ -268,6 +294,7 @@ def case_latency(make, n):
         "p90": samples[len(samples) * 9 // 10],
         "p99": samples[len(samples) * 99 // 100],
         "max": samples[-1],
+        "parent_cpu_us_per_call": 1e6 * parent_cpu / n,
     }
     return "ok", statistics.median(samples), "", extra
 
