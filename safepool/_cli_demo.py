@@ -15,6 +15,7 @@ stdlib half of the demo must work even if the core does not.
 """
 import argparse
 import concurrent.futures
+import inspect
 import json
 import multiprocessing
 import os
@@ -391,7 +392,11 @@ def scenario_hung_task(kind: str, probe: Probe, options: argparse.Namespace) -> 
         wait_for_busy(markdir, 1)
         queued = [executor.submit(square, i) for i in range(20)]
         probe.descendants()
-        result = {"shutdown": bounded_shutdown(executor, 10, wait=False, cancel_futures=True)}
+        # cancel_futures arrived in Python 3.9; without it, queued tasks still run.
+        cancel = "cancel_futures" in inspect.signature(executor.shutdown).parameters
+        kwargs = {"cancel_futures": True} if cancel else {}
+        result = {"shutdown": bounded_shutdown(executor, 10, wait=False, **kwargs),
+                  "cancel_futures": cancel}
         time.sleep(1.0)  # give the pool a moment to stop what it will stop by itself
         result["running_after_shutdown"] = len(probe.split()["alive"])
         result["terminate_workers"] = _terminate_workers(executor, probe)
@@ -756,7 +761,8 @@ def summarize_full_queue(r: Dict[str, Any]) -> "tuple[str, bool]":
 
 
 def summarize_hung_task(r: Dict[str, Any]) -> "tuple[str, bool]":
-    parts = ["shutdown(wait=False) " + _shutdown_words(r["shutdown"], 10)[len("shutdown "):]]
+    call = "shutdown(wait=False%s)" % (", cancel_futures=True" if r["cancel_futures"] else "")
+    parts = [call + " " + _shutdown_words(r["shutdown"], 10)[len("shutdown "):]]
     running = r["running_after_shutdown"]
     parts.append("%d worker(s) still running 1 s later" % running)
     term = r["terminate_workers"]

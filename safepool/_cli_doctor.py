@@ -230,13 +230,24 @@ def check_nofile() -> Check:
     return check("rlimit_nofile", "RLIMIT_NOFILE", OK, detail)
 
 
-def _orphan_zombies() -> int:
-    """Zombies whose parent is PID 1: evidence that PID 1 does not reap orphans."""
-    count = 0
-    for proc in psutil.process_iter(["ppid", "status"]):
-        if proc.info.get("ppid") == 1 and proc.info.get("status") == psutil.STATUS_ZOMBIE:
-            count += 1
-    return count
+def _orphan_zombies(patience: float = 1.0) -> int:
+    """Zombies whose parent is PID 1 and that stay unreaped for ``patience`` seconds.
+
+    Evidence that PID 1 does not reap orphans. A zombie seen once may just not have been
+    reaped *yet*, so only those still there after the pause count.
+    """
+    def snapshot() -> set:
+        found = set()
+        for proc in psutil.process_iter(["ppid", "status", "create_time"]):
+            if proc.info.get("ppid") == 1 and proc.info.get("status") == psutil.STATUS_ZOMBIE:
+                found.add((proc.pid, proc.info.get("create_time")))
+        return found
+
+    first = snapshot()
+    if not first:
+        return 0
+    time.sleep(patience)
+    return len(first & snapshot())
 
 
 def check_pid1() -> Check:
@@ -255,7 +266,7 @@ def check_pid1() -> Check:
     zombies = _orphan_zombies()
     if zombies:
         return check("pid1", "PID 1", WARN,
-                     "PID 1 is %r and %d orphaned zombies are waiting for it to reap them"
+                     "PID 1 is %r and %d orphaned zombies stayed unreaped for 1 s"
                      % (name, zombies), advice)
     known = name in KNOWN_INITS
     return check("pid1", "PID 1", OK, "PID 1 is %r%s; no unreaped orphans" % (

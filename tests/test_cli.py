@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import psutil
@@ -176,3 +177,63 @@ def test_demo_table_output():
     assert result.returncode == 0, result.stderr
     assert "Pool rotation" in result.stdout
     assert "SafeProcessPoolExecutor" in result.stdout and "Left behind" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# The demo's process handling: a scenario that hangs or leaks must not outlive the demo.
+# --------------------------------------------------------------------------------------------
+
+# A child that starts a grandchild in a new session (out of reach of killpg, like safepool's
+# workers in their own process groups), reports both pids, then hangs.
+HANGING_CHILD = r"""
+import json, subprocess, sys, time
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                              start_new_session=True)
+sys.stderr.write("grandchild=%d\n" % grandchild.pid)
+sys.stderr.flush()
+print(json.dumps({"grandchild": grandchild.pid}) if "line" in sys.argv else "no json",
+      flush=True)
+time.sleep(600)
+"""
+
+
+def _grandchild(run):
+    """The grandchild's pid, from the line the child wrote to stderr."""
+    return int(run.stderr.split("grandchild=")[1].split()[0])
+
+
+def _gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_gone(pid, timeout=5.0):
+    """Assert that ``pid`` exits (or is left a zombie) within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(pid), "process %d survived" % pid
+
+
+@pytest.mark.timeout(60)
+def test_run_child_kills_the_whole_tree_on_timeout():
+    from safepool import _cli_demo
+
+    run = _cli_demo.run_child([sys.executable, "-c", HANGING_CHILD], timeout=2.0)
+    assert run.timed_out and run.line is None
+    assert _gone(run.pid)
+    _wait_gone(_grandchild(run))
+
+
+@pytest.mark.timeout(60)
+def test_run_child_reports_a_child_that_does_not_exit():
+    from safepool import _cli_demo
+
+    run = _cli_demo.run_child([sys.executable, "-c", HANGING_CHILD, "line"], timeout=20.0,
+                              exit_grace=1.0)
+    assert not run.timed_out and run.exit_hung
+    assert json.loads(run.line)["grandchild"] == _grandchild(run)
+    assert _gone(run.pid)
+    _wait_gone(_grandchild(run))
