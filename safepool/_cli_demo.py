@@ -515,11 +515,25 @@ ChildRun = namedtuple("ChildRun", "pid line stderr returncode timed_out exit_hun
 
 
 def child_env() -> Dict[str, str]:
-    """The environment for a child: ours, with this copy of safepool first on the path."""
+    """The environment for a child: ours, plus this copy of safepool on the path if needed.
+
+    A source checkout goes first on PYTHONPATH so the child runs the same safepool. An
+    installed copy needs nothing, and putting site-packages ahead of the standard library
+    could shadow stdlib modules, so it is left alone.
+    """
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH")] if p)
+    if root not in _site_dirs():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH")] if p)
     return env
+
+
+def _site_dirs() -> List[str]:
+    """The site-packages directories of this interpreter (absolute paths)."""
+    import site
+    dirs = list(getattr(site, "getsitepackages", lambda: [])())
+    user = getattr(site, "getusersitepackages", lambda: "")()
+    return [os.path.abspath(d) for d in dirs + [user] if d]
 
 
 def _pump(stream: Any, sink: "queue.Queue[Optional[str]]") -> None:
@@ -672,6 +686,7 @@ def scenario_command(name: str, kind: str, cycles: int) -> List[str]:
 
 def run_one(name: str, kind: str, timeout: float, cycles: int) -> Dict[str, Any]:
     """Run one scenario with one executor in a subprocess; return its measurements."""
+    start = time.monotonic()
     run = run_child(scenario_command(name, kind, cycles), timeout)
     try:
         result = json.loads(run.line) if run.line else {}
@@ -686,7 +701,8 @@ def run_one(name: str, kind: str, timeout: float, cycles: int) -> Dict[str, Any]
     result["cleanup_killed"] = kill_listed(result.get("pids"))
     _killpg(run.pid)  # whatever is left in the scenario's own process group (stdlib workers)
     result.update({"timed_out": run.timed_out, "exit_hung": run.exit_hung,
-                   "seconds": run.seconds, "returncode": run.returncode})
+                   "seconds": round(time.monotonic() - start, 2),
+                   "child_seconds": run.seconds, "returncode": run.returncode})
     if result.get("error") and run.stderr and "stderr" not in result:
         result["stderr"] = run.stderr
     return result
@@ -734,8 +750,8 @@ def summarize_sigterm(r: Dict[str, Any]) -> "tuple[str, bool]":
     if r["worker_died"]:
         text = "worker died on SIGTERM in %.2f s; %s" % (r["died_after_s"], _pool_after(r))
     else:
-        text = ("worker IGNORED SIGTERM (inherited the handler; alive after 3 s): "
-                "terminate() cannot stop it; %s" % _pool_after(r))
+        text = ("worker IGNORED SIGTERM (inherited the handler; alive after 3 s), so "
+                "Process.terminate() cannot stop it; %s" % _pool_after(r))
     return text, r["worker_died"] and not r["pool_broken"] and r["lost_after"] == 0
 
 
@@ -980,16 +996,39 @@ def run_demo(options: argparse.Namespace) -> int:
     return 0 if measured else 1
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+DESCRIPTION = """\
+Each scenario runs twice, once with concurrent.futures.ProcessPoolExecutor (the stdlib's
+default start method) and once with safepool.SafeProcessPoolExecutor, each time in a fresh
+subprocess with a time limit. What each executor did and left behind is measured in that run.
+
+  oom            SIGKILL a busy worker (as the OOM killer does), then submit more work
+  sigterm        the parent installed a SIGTERM handler (as frameworks do); SIGTERM a worker
+  full_queue     2 workers, 50 queued tasks, SIGKILL a worker, then shutdown()
+  hung_task      a task sleeps forever; shutdown(wait=False, cancel_futures=True),
+                 then terminate_workers() where it exists; does the interpreter exit?
+  parent_killed  SIGKILL the process that owns the pool; do its busy workers live on?
+  rotation       create, map and shut down a pool many times; what accumulates?
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``demo`` subcommand's options (shared with ``python -m safepool demo``)."""
+    parser.description = DESCRIPTION
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), metavar="NAME",
                         help="run only this scenario (repeatable): %s" % ", ".join(SCENARIOS))
-    parser.add_argument("--jobs", type=int, default=2,
+    parser.add_argument("--jobs", type=_positive_int, default=2,
                         help="scenario processes run at the same time (default: 2)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds before a scenario process is killed (default: %(default)s)")
-    parser.add_argument("--cycles", type=int, default=30,
+    parser.add_argument("--cycles", type=_positive_int, default=30,
                         help="pools created by the rotation scenario (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
 
