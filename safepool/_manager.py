@@ -22,9 +22,9 @@ import selectors
 import signal
 import threading
 import time
-from types import MappingProxyType
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool
+from types import MappingProxyType
 from typing import Deque, Dict, List, Optional
 
 from . import _protocol as P
@@ -91,6 +91,8 @@ class Worker:
         self.done = 0                       # tasks finished on this worker
         self.dispatched = 0                 # tasks ever sent to this worker
         self.out: List[memoryview] = []     # bytes not yet written to its task pipe
+        self.out_marks: List[int] = []      # per buffer in out: tasks whose message it ends
+        self.delivered = 0                  # tasks whose message was written to the pipe whole
         self.inbuf = bytearray()            # bytes read from its result pipe, not yet parsed
         self.big: Optional[list] = None     # [header, buffer, filled] while a large message arrives
         self.result_open = True
@@ -342,13 +344,16 @@ class PoolManager:
         w.tasks.extend(batch)
         w.messages.append(len(batch))
         w.dispatched += len(batch)
+        self._write(w, buffers, len(batch))
         if self.max_tasks_per_child is not None and w.dispatched >= self.max_tasks_per_child:
             self._retire(w, "max_tasks_per_child reached")
-        self._write(w, buffers)
 
-    def _write(self, w: Worker, buffers) -> None:
+    def _write(self, w: Worker, buffers, tasks: int = 0) -> None:
+        """Queue one message for the worker's task pipe and write what fits now."""
         was_empty = not w.out
-        w.out.extend(memoryview(b) for b in buffers if len(b))
+        views = [memoryview(b) for b in buffers if len(b)]
+        w.out.extend(views)
+        w.out_marks.extend([0] * (len(views) - 1) + [tasks])
         if was_empty:
             self._flush(w)
 
@@ -363,14 +368,17 @@ class PoolManager:
                     if written >= len(head):
                         written -= len(head)
                         w.out.pop(0)
+                        w.delivered += w.out_marks.pop(0)
                     else:
                         w.out[0] = head[written:]
                         written = 0
         except BlockingIOError:
             pass
         except OSError:
-            # The worker closed its end: it is dying. Its sentinel tells us the rest.
+            # EPIPE: the worker is dead (or dying) and will never read this. Those tasks did
+            # not start; its sentinel tells us the rest and they go back to the queue.
             w.out.clear()
+            w.out_marks.clear()
         key = self.selector.get_map().get(fd)
         if w.out and key is None:
             self.selector.register(fd, selectors.EVENT_WRITE, ("write", w))
@@ -569,12 +577,19 @@ class PoolManager:
         w.messages.clear()
         if not tasks:
             return
-        if w.ready:
+        if self._head_started(w):
             head = tasks.pop(0)
             if head_error is not None:
                 self._fail(head.future, head_error)
         for task in reversed(tasks):
             self.pending.appendleft(task)
+
+    @staticmethod
+    def _head_started(w: Worker) -> bool:
+        """Could the worker have started its first task? Only once it was READY and the
+        message carrying that task went into its pipe whole. A task written to a worker that
+        had already died (EPIPE) never started: it is resent, not failed."""
+        return bool(w.tasks) and w.ready and w.delivered > w.done
 
     def _on_exit(self, w: Worker) -> None:
         """A worker's process ended: read its last words, reap it, settle its tasks."""
@@ -599,7 +614,7 @@ class PoolManager:
             self.counts["replaced_" + cause] += 1
 
     def _on_crash(self, w: Worker, exitcode: Optional[int]) -> None:
-        head = w.tasks[0] if (w.tasks and w.ready) else None
+        head = w.tasks[0] if self._head_started(w) else None
         if head is not None:
             log.warning("worker pid %d lost while running %s: %s", w.pid, head.name,
                         describe_exit(exitcode))
@@ -683,7 +698,7 @@ class PoolManager:
 
     def _cancel_running(self, task: Task) -> None:
         for w in self.workers.values():
-            if w.tasks and w.ready and w.tasks[0] is task:
+            if self._head_started(w) and w.tasks[0] is task:
                 log.info("cancelling %s: stopping worker pid %d", task.name, w.pid)
                 self._evict(w, None)
                 self._stop_now(w, "cancel")
@@ -693,7 +708,7 @@ class PoolManager:
     # ---- deadlines -----------------------------------------------------------------------
 
     def _task_deadline(self, w: Worker) -> Optional[float]:
-        if not (w.ready and w.tasks and w.stopping is None):
+        if w.stopping is not None or not self._head_started(w):
             return None
         timeout = w.tasks[0].timeout
         return None if timeout is None else w.head_since + timeout
