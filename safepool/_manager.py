@@ -15,11 +15,14 @@ the one it was running (that one fails with ``WorkerLostError``) and the rest ne
 (they go back to the front of the queue): a crash costs one task, never a lost one.
 """
 import collections
+import fcntl
 import logging
 import os
 import pickle
 import selectors
 import signal
+import struct
+import termios
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
@@ -91,8 +94,9 @@ class Worker:
         self.done = 0                       # tasks finished on this worker
         self.dispatched = 0                 # tasks ever sent to this worker
         self.out: List[memoryview] = []     # bytes not yet written to its task pipe
-        self.out_marks: List[int] = []      # per buffer in out: tasks whose message it ends
-        self.delivered = 0                  # tasks whose message was written to the pipe whole
+        self.queued = 0                     # bytes ever queued for its task pipe
+        self.written = 0                    # bytes ever written into its task pipe
+        self.starts: Deque[int] = collections.deque()  # stream offset of each task message
         self.inbuf = bytearray()            # bytes read from its result pipe, not yet parsed
         self.big: Optional[list] = None     # [header, buffer, filled] while a large message arrives
         self.result_open = True
@@ -344,16 +348,18 @@ class PoolManager:
         w.tasks.extend(batch)
         w.messages.append(len(batch))
         w.dispatched += len(batch)
-        self._write(w, buffers, len(batch))
+        self._write(w, buffers, tasks=True)
         if self.max_tasks_per_child is not None and w.dispatched >= self.max_tasks_per_child:
             self._retire(w, "max_tasks_per_child reached")
 
-    def _write(self, w: Worker, buffers, tasks: int = 0) -> None:
+    def _write(self, w: Worker, buffers, tasks: bool = False) -> None:
         """Queue one message for the worker's task pipe and write what fits now."""
         was_empty = not w.out
         views = [memoryview(b) for b in buffers if len(b)]
+        if tasks:
+            w.starts.append(w.queued)
+        w.queued += sum(len(v) for v in views)
         w.out.extend(views)
-        w.out_marks.extend([0] * (len(views) - 1) + [tasks])
         if was_empty:
             self._flush(w)
 
@@ -363,12 +369,12 @@ class PoolManager:
         try:
             while w.out:
                 written = os.writev(fd, w.out[:512])
+                w.written += written
                 while written:
                     head = w.out[0]
                     if written >= len(head):
                         written -= len(head)
                         w.out.pop(0)
-                        w.delivered += w.out_marks.pop(0)
                     else:
                         w.out[0] = head[written:]
                         written = 0
@@ -378,7 +384,6 @@ class PoolManager:
             # EPIPE: the worker is dead (or dying) and will never read this. Those tasks did
             # not start; its sentinel tells us the rest and they go back to the queue.
             w.out.clear()
-            w.out_marks.clear()
         key = self.selector.get_map().get(fd)
         if w.out and key is None:
             self.selector.register(fd, selectors.EVENT_WRITE, ("write", w))
@@ -471,6 +476,7 @@ class PoolManager:
         w.messages[0] -= 1
         if not w.messages[0]:
             w.messages.popleft()
+            w.starts.popleft()
         self._resolve(task, kind, payload)
         if self.max_worker_memory is not None and rss > self.max_worker_memory:
             self._retire(w, f"its memory ({rss} bytes) is over max_worker_memory")
@@ -566,18 +572,21 @@ class PoolManager:
             if w.stopping is None and not w.tasks:
                 self._stop_gracefully(w, "shutdown")
 
-    def _evict(self, w: Worker, head_error: Optional[BaseException]) -> None:
-        """Take every task off a worker that is about to die.
+    def _evict(self, w: Worker, head_error: Optional[BaseException],
+               started: Optional[bool] = None) -> None:
+        """Take every task off a worker that is about to die (or just died).
 
-        The first one was running: it fails with ``head_error`` (None when its future already
-        ended, e.g. cancelled). The others never started and go back to the front of the queue.
+        The first one, if ``started``, was running: it fails with ``head_error`` (None when
+        its future already ended, e.g. cancelled). The others never started and go back to
+        the front of the queue.
         """
+        if started is None:
+            started = self._head_was_read(w)
         tasks = list(w.tasks)
         w.tasks.clear()
         w.messages.clear()
-        if not tasks:
-            return
-        if self._head_started(w):
+        w.starts.clear()
+        if started:
             head = tasks.pop(0)
             if head_error is not None:
                 self._fail(head.future, head_error)
@@ -586,13 +595,30 @@ class PoolManager:
 
     @staticmethod
     def _head_started(w: Worker) -> bool:
-        """Could the worker have started its first task? Only once it was READY and the
-        message carrying that task went into its pipe whole. A task written to a worker that
-        had already died (EPIPE) never started: it is resent, not failed."""
-        return bool(w.tasks) and w.ready and w.delivered > w.done
+        """Is the worker (believed alive) running its first task? Once it is READY and the
+        message carrying that task is in its pipe: it runs its tasks in order."""
+        return bool(w.tasks) and w.ready and w.written > w.starts[0]
+
+    def _head_was_read(self, w: Worker) -> bool:
+        """After a worker died: had it read the message that carried its first task?
+
+        A worker killed while idle (the OOM killer, a stray pkill) may be sent a task in the
+        instant before we see its death: the write can even succeed while its threads are
+        torn down. Such a task never started, and must be resent, not failed. The bytes the
+        worker never read are still in its pipe (FIONREAD): if the first task's message is
+        among them, it was never read.
+        """
+        if not self._head_started(w):
+            return False
+        try:
+            unread = struct.unpack("i", fcntl.ioctl(w.proc.task_fd, termios.FIONREAD,
+                                                    b"\0\0\0\0"))[0]
+        except OSError:
+            return True  # cannot tell: assume it started, so it is never run twice
+        return w.written - unread > w.starts[0]
 
     def _on_exit(self, w: Worker) -> None:
-        """A worker's process ended: read its last words, reap it, settle its tasks."""
+        """A worker's process ended: read its last words, settle its tasks, reap it."""
         # It is dead, so all it wrote is in the pipe now. Read until the pipe is empty, not
         # until EOF: a process the task forked may hold the write end open forever.
         while w.result_open and self._read(w):
@@ -600,6 +626,7 @@ class PoolManager:
         for fd in (w.proc.result_fd, w.proc.sentinel, w.proc.task_fd):
             if fd in self.selector.get_map():
                 self.selector.unregister(fd)
+        started = self._head_was_read(w)  # asks its task pipe: before reap() closes it
         kill_tree(w.descendants)
         exitcode = w.proc.reap()
         del self.workers[w.pid]
@@ -607,26 +634,28 @@ class PoolManager:
         if cause is None or (w.tasks and w.stop_stage < 2):
             # It died by itself (a recycling worker too, if it died with tasks on it).
             cause = "crash"
-            self._on_crash(w, exitcode)
+            self._on_crash(w, exitcode, started)
         elif w.tasks:  # stopped by us while still charged with tasks
-            self._evict(w, self._lost_error(w, exitcode))
+            self._evict(w, self._lost_error(w, exitcode), started)
         if cause != "shutdown":
             self.counts["replaced_" + cause] += 1
 
-    def _on_crash(self, w: Worker, exitcode: Optional[int]) -> None:
-        head = w.tasks[0] if self._head_started(w) else None
-        if head is not None:
-            log.warning("worker pid %d lost while running %s: %s", w.pid, head.name,
+    def _on_crash(self, w: Worker, exitcode: Optional[int], started: bool) -> None:
+        if started:
+            log.warning("worker pid %d lost while running %s: %s", w.pid, w.tasks[0].name,
                         describe_exit(exitcode))
-            self._evict(w, self._lost_error(w, exitcode))
+            self._evict(w, self._lost_error(w, exitcode), started)
             return
-        self._evict(w, None)  # nothing had started: every task goes back to the queue
+        self._evict(w, None, started)  # nothing had started: every task goes back to the queue
+        if w.ready:  # an idle worker died: replace it, nothing was lost
+            log.warning("idle worker pid %d lost: %s", w.pid, describe_exit(exitcode))
+            return
         if w.init_error is not None:
             error = w.init_error
             why = f"the initializer raised {type(error).__name__}: {error}"
         else:
             error = None
-            why = f"a worker (pid {w.pid}) died before taking a task: {describe_exit(exitcode)}"
+            why = f"a worker (pid {w.pid}) died while starting: {describe_exit(exitcode)}"
         log.warning("worker pid %d lost: %s", w.pid, why)
         self._startup_failed(error, why)
 
@@ -664,6 +693,7 @@ class PoolManager:
             tasks = list(w.tasks)
             w.tasks.clear()
             w.messages.clear()
+            w.starts.clear()
             for task in tasks:
                 self._fail(task.future, err)
             if w.stop_stage < 2:
