@@ -44,6 +44,7 @@ exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
 # Show signatures as written in the code, and types in the parameter descriptions.
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
 autodoc_default_options = {
     "show-inheritance": True,
 }
