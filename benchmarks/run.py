@@ -466,7 +466,11 @@ def plot(summary, executors, cases, path):
         sys.stderr.write("--plot needs matplotlib (pip install matplotlib); skipped\n")
         return False
     others = [e for e in executors if e != BASELINE]
-    ratio_cases = [c for c in cases if CASES[c]["compare"] == "ratio"]
+    ratio_cases = [
+        c
+        for c in cases
+        if CASES[c]["compare"] == "ratio" and any(compare(c, summary, e) for e in others)
+    ]
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(ratio_cases)), 4.5))
     width = 0.8 / max(1, len(others))
     for i, e in enumerate(others):
@@ -521,6 +525,12 @@ def parse_args(argv):
         help="tasks for the memory case (default %s, --quick %s)"
         % ("{:,}".format(CASES["memory"]["size"]), "{:,}".format(CASES["memory"]["quick_size"])),
     )
+    p.add_argument(
+        "--from-json",
+        default=None,
+        metavar="FILE",
+        help="measure nothing: render a saved --json run again (with --write-docs, --plot)",
+    )
     args = p.parse_args(argv)
     if args.repeat is None:
         args.repeat = 2 if args.quick else 5
@@ -531,6 +541,11 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.from_json:
+        cases, executors, sizes, records, info, total = load_json(args)
+        args.json = None  # do not overwrite what we just read
+        report(args, cases, executors, sizes, records, info, total)
+        return 0
     cases = list(CASES)
     if args.only:
         cases = [c.strip() for c in args.only.split(",") if c.strip()]
@@ -562,7 +577,13 @@ def main(argv=None):
     overrides = {}
     if args.memory_tasks is not None:
         overrides["memory"] = sizes["memory"] = args.memory_tasks
+    records, info, total = measure(args, cases, executors, sizes, overrides)
+    report(args, cases, executors, sizes, records, info, total)
+    return 0
 
+
+def measure(args, cases, executors, sizes, overrides):
+    """Run every planned measurement; return (records, machine info, total seconds)."""
     steps = plan(executors, cases, args.repeat, args.quick, args.order, args.seed)
     info = machine_info()
     sys.stderr.write(
@@ -585,12 +606,36 @@ def main(argv=None):
         )
         sys.stderr.flush()
     total = time.monotonic() - t_start
+    return records, info, total
 
+
+def load_json(args):
+    """Re-read a --json file to render it again (tables, --write-docs, --plot) without measuring."""
+    with open(args.from_json) as f:
+        data = json.load(f)
+    saved = data["args"]
+    for key in ("quick", "repeat"):
+        setattr(args, key, saved[key])
+    records = data["records"]
+    executors, cases = [], []
+    for r in records:
+        if r["executor"] not in executors:
+            executors.append(r["executor"])
+        if r["case"] not in cases:
+            cases.append(r["case"])
+    order = EXECUTORS + EXTRA_EXECUTORS
+    executors.sort(key=lambda e: order.index(e) if e in order else len(order))
+    cases.sort(key=list(CASES).index)
+    return cases, executors, data["sizes"], records, data["machine"], data["total_seconds"]
+
+
+def report(args, cases, executors, sizes, records, info, total):
+    """Print the tables; write --json, --write-docs and --plot outputs."""
     summary = summarize(records, executors, cases)
     print()
     print(render_text(summary, executors, cases, info, args, sizes))
     print()
-    print("Total time: %.0f s for %d measurements." % (total, len(steps)))
+    print("Total time: %.0f s for %d measurements." % (total, len(records)))
 
     if args.json:
         with open(args.json, "w") as f:
@@ -621,7 +666,6 @@ def main(argv=None):
             "%d measurement(s) failed; first: %s %s: %s"
             % (len(errors), errors[0]["executor"], errors[0]["case"], errors[0].get("note"))
         )
-    return 0
 
 
 if __name__ == "__main__":
