@@ -162,7 +162,8 @@ class SafeProcessPoolExecutor(Executor):
         self._manager = PoolManager(
             ctx, max_workers, initializer, tuple(initargs),
             max_tasks_per_child=max_tasks_per_child, task_timeout=task_timeout,
-            max_worker_lifetime=max_worker_lifetime, max_worker_memory=max_worker_memory)
+            max_worker_lifetime=max_worker_lifetime, max_worker_memory=max_worker_memory,
+            cancel_running=cancel_running)
         # Dropping the executor without shutdown() still stops and reaps its workers.
         weakref.finalize(self, self._manager.request, "shutdown").atexit = False
 

@@ -52,8 +52,10 @@ TERM_GRACE = 1.0
 #: The most tasks sent in one message, and the task length below which batching pays.
 MAX_BATCH = 64
 FAST_TASK = 0.002
-#: Per worker, how many task messages may wait in its pipe behind the one it is running.
+#: Per worker, how many task messages may wait in its pipe behind the one it is running, and
+#: below which average task length that pipelining pays.
 PIPELINE_DEPTH = 1
+PIPELINE_BELOW = 0.005
 READ_CHUNK = 1 << 18
 LIVENESS_INTERVAL = 1.0
 BIG_MESSAGE = 1 << 20
@@ -74,10 +76,12 @@ class Task:
         self.claimed = False  # its future is RUNNING: ours to resolve, no longer cancellable
 
     def claim(self) -> bool:
-        """Mark the future RUNNING, once; False if the caller cancelled it while queued."""
+        """Mark the future RUNNING, once; False if its future has ended (cancelled while
+        queued, or cancelled while running and then put back in the queue)."""
         if not self.claimed:
             self.claimed = self.future.set_running_or_notify_cancel()
-        return self.claimed
+            return self.claimed
+        return not self.future.done()
 
 
 class Worker:
@@ -117,7 +121,7 @@ class PoolManager:
     ones other threads may call."""
 
     def __init__(self, ctx, max_workers: int, initializer, initargs, *, max_tasks_per_child,
-                 task_timeout, max_worker_lifetime, max_worker_memory):
+                 task_timeout, max_worker_lifetime, max_worker_memory, cancel_running=False):
         self.ctx = ctx
         self.max_workers = max_workers
         self.initializer = initializer
@@ -126,6 +130,7 @@ class PoolManager:
         self.task_timeout = task_timeout
         self.max_worker_lifetime = max_worker_lifetime
         self.max_worker_memory = max_worker_memory
+        self.cancel_running = cancel_running
 
         # Shared with other threads: deque appends and pops are atomic.
         self.pending: Deque[Task] = collections.deque()
@@ -204,8 +209,10 @@ class PoolManager:
 
     def _run(self) -> None:
         try:
-            while not (self.shutting_down and not self.pending and not self.workers):
+            while True:
                 self._drain_commands()
+                if self.shutting_down and not self.pending and not self.workers:
+                    break
                 self._dispatch()
                 self._stop_idle_workers()
                 events = self.selector.select(self._next_timeout())
@@ -283,6 +290,15 @@ class PoolManager:
         return None
 
     def _pipeline_worker(self) -> Optional[Worker]:
+        """A busy worker that may take one more message behind its running one.
+
+        Only for short tasks: a few milliseconds of pipelining hide the round trip, while a
+        long task would keep the next one waiting behind it although another worker is free.
+        With ``cancel_running`` never, so that a cancelled task is always one that runs.
+        """
+        if self.cancel_running or self.avg_task_time is None or (
+                self.avg_task_time > PIPELINE_BELOW):
+            return None
         best = None
         for w in self.workers.values():
             if w.accepting and len(w.messages) <= PIPELINE_DEPTH:
@@ -313,6 +329,8 @@ class PoolManager:
 
     def _batch_size(self, w: Worker) -> int:
         n = 1
+        if self.cancel_running:
+            return 1  # a cancelled task must be the one running, never one queued behind it
         if self.avg_task_time is not None and self.avg_task_time < FAST_TASK:
             # Short tasks: share the queue out in a few messages per worker, to save system
             # calls and wake-ups, but never so much that one worker hoards the queue.
@@ -330,7 +348,7 @@ class PoolManager:
             # the caller cancelled it while it was queued.
             if task.claim():
                 batch.append(task)
-            else:
+            elif not task.claimed:  # (one cancelled while running was counted then)
                 self.counts["cancelled"] += 1
         if not batch:
             return
@@ -727,13 +745,15 @@ class PoolManager:
             self._fail(task.future, BrokenProcessPool(f"{task.name} never started: {reason}"))
 
     def _cancel_running(self, task: Task) -> None:
+        """Stop the worker that has this (cancelled) task. With cancel_running, a worker has
+        one task at a time, so nothing else is lost; a starting worker is stopped too."""
+        self.counts["cancelled"] += 1
         for w in self.workers.values():
-            if self._head_started(w) and w.tasks[0] is task:
+            if w.tasks and w.tasks[0] is task:
                 log.info("cancelling %s: stopping worker pid %d", task.name, w.pid)
-                self._evict(w, None)
+                self._evict(w, None)  # claim() skips the cancelled task if it is put back
                 self._stop_now(w, "cancel")
                 return
-        # Not running yet (waiting in a worker's pipe): it will run, and its result is dropped.
 
     # ---- deadlines -----------------------------------------------------------------------
 

@@ -32,3 +32,9 @@ class PoolStats:
     tasks_failed: int = 0
     tasks_cancelled: int = 0
     late_results_dropped: int = 0
+
+    def to_dict(self) -> dict:
+        """A plain dict of every field (``workers_replaced`` as a dict too), e.g. for JSON."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["workers_replaced"] = dict(self.workers_replaced)
+        return out
