@@ -2,9 +2,11 @@
 
 Everything here is called from the manager thread only.
 """
+import fcntl
 import multiprocessing
 import os
 import signal
+import sys
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import List, Optional
@@ -52,6 +54,8 @@ class WorkerProcess:
         task_r, self.task_fd = os.pipe()
         self.result_fd, result_w = os.pipe()
         lifeline_r, self.lifeline_fd = os.pipe()
+        for fd in (self.task_fd, self.result_fd):
+            _enlarge_pipe(fd)
         child_ends = [Connection(task_r), Connection(result_w), Connection(lifeline_r)]
         self.process = ctx.Process(
             target=worker_main,
@@ -111,6 +115,23 @@ class WorkerProcess:
             except OSError:
                 pass
         return exitcode
+
+
+#: Linux's F_SETPIPE_SZ (Python has the name only from 3.10), and the size we ask for.
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031) if sys.platform.startswith("linux") else None
+PIPE_SIZE = 1 << 20
+
+
+def _enlarge_pipe(fd: int) -> None:
+    """Ask for a 1 MiB pipe (Linux): 16x fewer system calls and wake-ups for big arguments
+    and results. Refused above /proc/sys/fs/pipe-max-size or a per-user quota: then the
+    64 KiB default stays, which is only slower."""
+    if _F_SETPIPE_SZ is None:
+        return
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass
 
 
 def kill_tree(processes: List) -> None:
