@@ -145,6 +145,7 @@ class PoolManager:
         self._wake_lock = threading.Lock()  # so no wakeup() writes to a closed, reused fd
         self._wake_closed = True
         self._next_liveness_check = 0.0
+        self._nearest: Optional[float] = None  # the nearest deadline, from _next_timeout()
 
         self.startup_failures = 0
         self.last_startup_error: Optional[BaseException] = None
@@ -218,8 +219,9 @@ class PoolManager:
                 events = self.selector.select(self._next_timeout())
                 for key, mask in events:
                     self._on_event(key, mask)
-                self._check_deadlines()
-                self._check_liveness()
+                if self._nearest is not None and time.monotonic() >= self._nearest:
+                    self._check_deadlines()
+                    self._check_liveness()
         except BaseException as exc:  # noqa: B036 - never leave a future pending or a child behind
             log.critical("safepool manager thread failed; the pool is broken", exc_info=True)
             err = BrokenProcessPool(f"safepool's manager thread failed: {exc!r}; the pool is "
@@ -247,8 +249,7 @@ class PoolManager:
 
     def _drain_wakeup(self) -> None:
         try:
-            while os.read(self._wake_r, 4096):
-                pass
+            os.read(self._wake_r, 4096)  # holds a byte or two: _woken limits the writes
         except OSError:
             pass
         # Cleared only after draining: a wakeup() racing with us then writes a fresh byte.
@@ -436,6 +437,8 @@ class PoolManager:
                 return False
             w.inbuf += chunk
             self._parse(w)
+            if len(chunk) < READ_CHUNK and w.big is None:
+                return False  # a short read emptied the pipe: skip the read that says EAGAIN
         return True
 
     def _parse(self, w: Worker) -> None:
@@ -770,7 +773,7 @@ class PoolManager:
         sentinel's pipe open after the worker died; ``exitcode`` asks the OS (waitpid).
         """
         now = time.monotonic()
-        if now < self._next_liveness_check or not self.workers:
+        if now < self._next_liveness_check:
             return
         self._next_liveness_check = now + LIVENESS_INTERVAL
         for w in list(self.workers.values()):
@@ -778,11 +781,13 @@ class PoolManager:
                 self._on_exit(w)
 
     def _next_timeout(self) -> Optional[float]:
-        nearest = time.monotonic() + LIVENESS_INTERVAL if self.workers else None
+        """Seconds until the nearest deadline (None: none), remembered in ``_nearest``."""
+        nearest = self._next_liveness_check if self.workers else None
         for w in self.workers.values():
             for deadline in (w.stop_deadline, self._task_deadline(w), self._lifetime_end(w)):
                 if deadline is not None and (nearest is None or deadline < nearest):
                     nearest = deadline
+        self._nearest = nearest
         if nearest is None:
             return None
         return max(0.0, nearest - time.monotonic())
