@@ -143,3 +143,109 @@ def allocate_mb(mb):
 
 def stderr_print(msg):
     print(msg, file=sys.stderr)
+
+# ---- added for the hardening suite (test_core_api, test_crash, test_signals, test_shutdown,
+# ---- test_reaping, test_bad_input, test_crash_loop) ------------------------------------------
+
+def _write_atomic(path, text):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
+def touch(path, value=None):
+    """Create ``path`` (proof that the task ran), return ``value``."""
+    _write_atomic(path, str(os.getpid()))
+    return value
+
+
+def block_until(pid_path, release_path, timeout=120.0):
+    """Announce our pid in ``pid_path``, then wait until ``release_path`` exists; return the pid.
+
+    A task that holds its worker busy until the test lets it go (no sleep-based guessing).
+    """
+    _write_atomic(pid_path, str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(release_path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release_path} never appeared")
+        time.sleep(0.005)
+    return os.getpid()
+
+
+def spawn_sleep(path):
+    """Start ``sleep 600`` (not waited for), announce its pid in ``path``, return it."""
+    child = subprocess.Popen(["sleep", "600"])
+    _write_atomic(path, str(child.pid))
+    return child.pid
+
+
+def park_ignoring_sigterm(path, seconds=600):
+    """Ignore SIGTERM, start a ``sleep 600`` child, announce 'worker_pid child_pid', sleep.
+
+    A stuck task that only the SIGKILL rung of the stop ladder can stop.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen(["sleep", "600"])
+    _write_atomic(path, f"{os.getpid()} {child.pid}")
+    time.sleep(seconds)
+
+
+def reciprocal(x):
+    return 1 / x
+
+
+_signal_state_at_init = None
+
+
+def record_signal_state():
+    """An initializer: remember what the worker's signal state was when it ran."""
+    global _signal_state_at_init
+    _signal_state_at_init = sigterm_state()
+
+
+def get_signal_state_at_init(_=None):
+    return _signal_state_at_init
+
+
+def _raise_memory_error(*_args):
+    raise MemoryError("the result is too large to rebuild here")
+
+
+def _raise_on_unpickle(what):
+    raise ValueError(f"{what} refuses to be unpickled")
+
+
+class HugeResult:
+    """A result whose pickling runs out of memory (as a too-large result would)."""
+
+    def __reduce__(self):
+        raise MemoryError("the result is too large to pickle")
+
+
+class ResultTooLargeToLoad:
+    """A result that pickles in the worker but runs out of memory when the parent unpickles it."""
+
+    def __reduce__(self):
+        return (_raise_memory_error, ())
+
+
+class ArgRefusingUnpickle:
+    """An argument that pickles in the parent but cannot be unpickled in the worker."""
+
+    def __reduce__(self):
+        return (_raise_on_unpickle, ("ArgRefusingUnpickle",))
+
+
+def return_huge_result():
+    return HugeResult()
+
+
+def return_result_too_large_to_load():
+    return ResultTooLargeToLoad()
+
+
+def exit_in_initializer(code=3):
+    """An initializer that kills its worker before it can take a task (a broken environment)."""
+    os._exit(code)

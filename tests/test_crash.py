@@ -1,0 +1,166 @@
+"""Hardening item 1: a crash costs one task, not the pool.
+
+A worker killed with SIGKILL mid-task (what the OOM killer does), a task calling os._exit(3), a
+task that segfaults: only the task that was running fails, with WorkerLostError (a
+BrokenProcessPool) naming the pid, the signal or exit code, the task and the likely cause; the
+worker is replaced and every other submitted task completes.
+"""
+import os
+import signal
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+import tasks
+from conftest import wait_for_pid_file, wait_until
+from hardening_helpers import clean, gone, returns_within, stdlib_helpers  # noqa: F401
+
+from safepool import SafeProcessPoolExecutor, WorkerLostError
+
+# Every test checks that it left no process (forkserver workers included) and no fd.
+pytestmark = pytest.mark.usefixtures("clean")
+
+
+def assert_pool_serves(ex, lost_pid):
+    """The pool works after the crash, on a new worker, and the dead one was reaped."""
+    assert list(ex.map(tasks.square, range(10))) == [i * i for i in range(10)]
+    pids = set(ex.map(tasks.getpid, range(8)))
+    assert lost_pid not in pids
+    wait_until(lambda: gone(lost_pid), 10, message=f"worker {lost_pid} reaped")
+    assert ex.stats().workers_replaced["crash"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_sigkill_mid_task_fails_only_that_task(ctx, tmp_path):
+    path = str(tmp_path / "pid")
+    with SafeProcessPoolExecutor(max_workers=2, mp_context=ctx) as ex:
+        victim = ex.submit(tasks.park, path)
+        others = [ex.submit(tasks.sleep_and_return, 0.01, i) for i in range(40)]
+        pid = int(wait_for_pid_file(path))
+        os.kill(pid, signal.SIGKILL)
+
+        exc = victim.exception(timeout=30)
+        assert isinstance(exc, WorkerLostError)
+        assert isinstance(exc, BrokenProcessPool), "existing `except BrokenProcessPool` works"
+        assert exc.pid == pid
+        assert exc.signal == signal.SIGKILL
+        assert exc.exitcode == -signal.SIGKILL
+        message = str(exc)
+        assert str(pid) in message
+        assert "SIGKILL" in message
+        assert "out-of-memory" in message
+        assert "park" in message and "park" in exc.task
+        # Every other task completes, including those queued behind the killed one.
+        assert [f.result(timeout=30) for f in others] == list(range(40))
+        assert_pool_serves(ex, pid)
+
+
+@pytest.mark.timeout(60)
+def test_tasks_queued_on_the_killed_worker_are_not_lost(tmp_path):
+    # One worker: whatever was sent to it behind the running task must be run by its
+    # replacement, not failed with it.
+    path = str(tmp_path / "pid")
+    with SafeProcessPoolExecutor(max_workers=1) as ex:
+        victim = ex.submit(tasks.park, path)
+        queued = [ex.submit(tasks.square, i) for i in range(20)]
+        pid = int(wait_for_pid_file(path))
+        os.kill(pid, signal.SIGKILL)
+        assert isinstance(victim.exception(timeout=30), WorkerLostError)
+        assert [f.result(timeout=30) for f in queued] == [i * i for i in range(20)]
+        assert_pool_serves(ex, pid)
+
+
+@pytest.mark.timeout(60)
+def test_task_killing_its_own_worker():
+    with SafeProcessPoolExecutor(max_workers=2) as ex:
+        before = [ex.submit(tasks.square, i) for i in range(5)]
+        victim = ex.submit(tasks.kill_self, signal.SIGKILL)
+        after = [ex.submit(tasks.square, i) for i in range(5, 10)]
+        exc = victim.exception(timeout=30)
+        assert isinstance(exc, WorkerLostError)
+        assert exc.signal == signal.SIGKILL
+        assert "kill_self" in str(exc)
+        assert [f.result(timeout=30) for f in before + after] == [i * i for i in range(10)]
+        assert_pool_serves(ex, exc.pid)
+
+
+@pytest.mark.timeout(60)
+def test_os_exit_fails_only_that_task(ctx):
+    with SafeProcessPoolExecutor(max_workers=2, mp_context=ctx) as ex:
+        others = [ex.submit(tasks.square, i) for i in range(10)]
+        victim = ex.submit(tasks.exit_now, 3)
+        more = [ex.submit(tasks.square, i) for i in range(10, 20)]
+        exc = victim.exception(timeout=30)
+        assert isinstance(exc, WorkerLostError)
+        assert exc.exitcode == 3
+        assert exc.signal is None
+        message = str(exc)
+        assert str(exc.pid) in message
+        assert "exit" in message and "3" in message
+        assert "exit_now" in message
+        assert [f.result(timeout=30) for f in others + more] == [i * i for i in range(20)]
+        assert_pool_serves(ex, exc.pid)
+
+
+@pytest.mark.timeout(60)
+def test_segfault_fails_only_that_task():
+    with SafeProcessPoolExecutor(max_workers=2) as ex:
+        others = [ex.submit(tasks.square, i) for i in range(10)]
+        victim = ex.submit(tasks.segfault)
+        more = [ex.submit(tasks.square, i) for i in range(10, 20)]
+        exc = victim.exception(timeout=30)
+        assert isinstance(exc, WorkerLostError)
+        assert exc.signal == signal.SIGSEGV
+        message = str(exc)
+        assert "SIGSEGV" in message and str(exc.pid) in message and "segfault" in message
+        assert [f.result(timeout=30) for f in others + more] == [i * i for i in range(20)]
+        assert_pool_serves(ex, exc.pid)
+
+
+@pytest.mark.timeout(90)
+def test_a_stream_of_crashing_tasks_never_breaks_the_pool():
+    # Crashes of workers that had started their task are not a crash loop: each costs one task.
+    with SafeProcessPoolExecutor(max_workers=2) as ex:
+        futures = []
+        for i in range(8):
+            futures.append(ex.submit(tasks.exit_now, 3))
+            futures.append(ex.submit(tasks.square, i))
+        for i in range(8):
+            assert isinstance(futures[2 * i].exception(timeout=30), WorkerLostError)
+            assert futures[2 * i + 1].result(timeout=30) == i * i
+        assert ex.submit(tasks.square, 12).result(timeout=30) == 144
+        assert ex.stats().workers_replaced["crash"] == 8
+
+
+@pytest.mark.timeout(60)
+def test_idle_workers_killed_do_not_break_the_pool(tmp_path):
+    # The OOM killer may pick idle workers, several at once. A worker that was ready and had
+    # served tasks is not a start-up failure: the pool must replace it, not break.
+    release = str(tmp_path / "release")
+    paths = [str(tmp_path / f"pid{i}") for i in range(3)]
+    ex = SafeProcessPoolExecutor(max_workers=3)
+    try:
+        busy = [ex.submit(tasks.block_until, p, release) for p in paths]
+        pids = [int(wait_for_pid_file(p)) for p in paths]
+        open(release, "w").close()
+        assert sorted(f.result(timeout=30) for f in busy) == sorted(pids)
+        wait_until(lambda: ex.stats().workers_busy == 0, 10, message="workers idle")
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: all(gone(pid) for pid in pids), 10, message="workers dead")
+        wait_until(lambda: ex.stats().workers_alive == 0, 10, message="deaths noticed")
+        assert list(ex.map(tasks.square, range(10))) == [i * i for i in range(10)]
+        assert not set(ex.map(tasks.getpid, range(6))) & set(pids)
+    finally:
+        returns_within(ex.shutdown, 30, "shutdown()")
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_after_the_only_idle_worker_was_killed():
+    ex = SafeProcessPoolExecutor(max_workers=1)
+    pid = ex.submit(tasks.getpid).result(timeout=30)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: ex.stats().workers_alive == 0, 10, message="death noticed")
+    try:
+        returns_within(ex.shutdown, 10, "shutdown()")
+    finally:
+        ex.shutdown(wait=True, timeout=3)  # wakes a manager stuck waiting (the old bug)
