@@ -249,3 +249,17 @@ def return_result_too_large_to_load():
 def exit_in_initializer(code=3):
     """An initializer that kills its worker before it can take a task (a broken environment)."""
     os._exit(code)
+
+
+class BrokenStrError(Exception):
+    """An exception that cannot be pickled and whose str() raises too (a lazy, broken message)."""
+
+    def __reduce__(self):
+        raise TypeError("BrokenStrError cannot be pickled")
+
+    def __str__(self):
+        raise RuntimeError("str() of BrokenStrError failed")
+
+
+def raise_broken_str_error():
+    raise BrokenStrError()

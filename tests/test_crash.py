@@ -164,3 +164,38 @@ def test_shutdown_after_the_only_idle_worker_was_killed():
         returns_within(ex.shutdown, 10, "shutdown()")
     finally:
         ex.shutdown(wait=True, timeout=3)  # wakes a manager stuck waiting (the old bug)
+
+
+@pytest.mark.timeout(120)
+def test_every_future_resolves_with_concurrent_submitters_and_crashes():
+    # Several threads submit at once while workers keep dying under them: each future ends
+    # with its result or, for the crashing tasks only, WorkerLostError.
+    import threading
+
+    with SafeProcessPoolExecutor(max_workers=2) as ex:
+        out = {}
+
+        def submitter(n):
+            futures = []
+            for i in range(60):
+                if i % 20 == 7:
+                    futures.append(("crash", ex.submit(tasks.exit_now, 3)))
+                else:
+                    futures.append((n * 1000 + i, ex.submit(tasks.identity, n * 1000 + i)))
+            out[n] = futures
+
+        threads = [threading.Thread(target=submitter, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        crashes = 0
+        for futures in out.values():
+            for expected, future in futures:
+                if expected == "crash":
+                    assert isinstance(future.exception(timeout=60), WorkerLostError)
+                    crashes += 1
+                else:
+                    assert future.result(timeout=60) == expected
+        assert crashes == 12
+        assert ex.stats().workers_replaced["crash"] == 12

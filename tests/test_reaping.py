@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -270,28 +271,46 @@ if __name__ == "__main__":
             start = time.monotonic()
             if how == "raise":
                 raise KeyboardInterrupt
-            # how == "signal": the test sends SIGINT to our process group, as Ctrl-C does.
+            # Otherwise the test sends SIGINT to our process group, as Ctrl-C does: while we
+            # wait in the block ("signal"), or in __exit__'s shutdown() ("in_shutdown").
             with open(os.path.join(out_dir, "waiting"), "w") as f:
                 f.write("waiting")
-            while True:
+            while how == "signal":
                 time.sleep(0.05)
     except KeyboardInterrupt:
         elapsed = time.monotonic() - start
         states = ["pending" if not f.done() else "cancelled" if f.cancelled()
                   else type(f.exception()).__name__ if f.exception() else "ok"
                   for f in futures]
-        print(json.dumps({"elapsed": elapsed, "states": states}))
+        # What is still running once the with block has let the exception through.
+        me = psutil.Process()
+        helpers = {c.pid for c in me.children()
+                   if "multiprocessing" in " ".join(c.cmdline())
+                   and ("forkserver" in " ".join(c.cmdline())
+                        or "resource_tracker" in " ".join(c.cmdline()))}
+        left = [p.pid for p in me.children(recursive=True)
+                if p.pid not in helpers and p.status() != psutil.STATUS_ZOMBIE]
+        print(json.dumps({"elapsed": elapsed, "states": states, "left": left}))
 '''
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("how", ["raise", "signal"])
+@pytest.mark.parametrize("how", [
+    "raise",
+    "signal",
+    pytest.param("in_shutdown", marks=pytest.mark.xfail(
+        (3, 9) <= sys.version_info < (3, 13), strict=True,
+        reason="safepool bug on Python 3.9-3.12: Ctrl-C during shutdown()'s thread.join() hits "
+               "CPython gh-90882 (the interrupted join marks the still-running manager thread "
+               "stopped), so the retry join returns at once: futures left pending, workers "
+               "not yet stopped when the with block exits")),
+])
 def test_keyboard_interrupt_in_the_parent_stops_and_reaps_everything(tmp_path, start_method,
                                                                      how):
     proc = run_script(tmp_path, KEYBOARD_INTERRUPT, start_method, tmp_path, how,
                       start_new_session=True)
     try:
-        if how == "signal":
+        if how != "raise":
             wait_for_pid_file(str(tmp_path / "waiting"), timeout=60)
             os.killpg(proc.pid, signal.SIGINT)
         code, out, err = finish(proc)
@@ -303,6 +322,7 @@ def test_keyboard_interrupt_in_the_parent_stops_and_reaps_everything(tmp_path, s
     result = json.loads(out.strip().splitlines()[-1])
     assert result["elapsed"] < 15, "leaving the with block waited for the running tasks"
     assert "pending" not in result["states"], result["states"]
+    assert result["left"] == [], "the with block returned before its processes were stopped"
     assert result["states"][:2] != ["ok", "ok"], "the parked tasks cannot have finished"
     pids = json.loads((tmp_path / "pids.json").read_text())["pids"]
     # The workers and the `sleep` children their tasks started.
