@@ -10,7 +10,7 @@ import sys
 import threading
 import weakref
 from concurrent.futures import Executor, Future
-from concurrent.futures._base import CANCELLED, RUNNING
+from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
@@ -36,8 +36,7 @@ def _at_exit() -> None:
     for manager in managers:
         manager.request("shutdown")
     for manager in managers:
-        if manager.thread.is_alive():
-            manager.thread.join()
+        manager.finished.wait()
 
 
 if hasattr(threading, "_register_atexit"):  # 3.9+: runs before non-daemon threads are joined
@@ -66,26 +65,38 @@ def _task_name(fn: Any) -> str:
     return f"{module}.{qualname}()" if module else f"{qualname}()"
 
 
-class _CancellableFuture(Future):
-    """A future whose ``cancel()`` also works while it runs (``cancel_running=True``).
+class SafeFuture(Future):
+    """The stdlib Future, plus what the pool must know when one is cancelled.
 
-    Cancelling a running task asks the manager to stop its worker (which is replaced); the
-    future ends cancelled, and a result that still arrives is dropped.
+    A queued task that is cancelled is counted at once in ``stats()``. With
+    ``cancel_running=True``, ``cancel()`` also works while the task runs: the manager stops
+    its worker (which is replaced), the future ends cancelled, and a result that still
+    arrives is dropped.
     """
 
-    _on_cancel_running: Optional[Callable[["_CancellableFuture"], None]] = None
+    _manager: Optional[PoolManager] = None
+    _task: Optional[Task] = None
+    _cancel_running = False
 
     def cancel(self) -> bool:
         with self._condition:
-            running = self._state == RUNNING and self._on_cancel_running is not None
-            if running:
+            state = self._state
+            if state == PENDING or (state == RUNNING and self._cancel_running):
                 self._state = CANCELLED
                 self._condition.notify_all()
-        if not running:
-            return super().cancel()
-        self.set_running_or_notify_cancel()  # tells wait() and as_completed() waiters
+            else:
+                state = None
+        if state is None:
+            return super().cancel()  # FINISHED or RUNNING: False; already CANCELLED: True
+        if state == RUNNING:
+            self.set_running_or_notify_cancel()  # tells wait() and as_completed() waiters
         self._invoke_callbacks()
-        self._on_cancel_running(self)
+        manager = self._manager
+        if manager is not None:
+            if state == RUNNING:
+                manager.request("cancel", self._task)
+            else:
+                manager.count("cancelled")
         return True
 
 
@@ -189,11 +200,9 @@ class SafeProcessPoolExecutor(Executor):
     def _submit(self, fn, args, kwargs, timeout) -> Future:
         manager = self._manager
         self._check_open()  # before pickling: a closed pool says so, whatever the task
-        if self._cancel_running:
-            future: Future = _CancellableFuture()
-            future._on_cancel_running = manager_cancel(manager)
-        else:
-            future = Future()
+        future = SafeFuture()
+        future._manager = manager
+        future._cancel_running = self._cancel_running
         name = _task_name(fn)
         try:
             payload = pickle.dumps((fn, args, kwargs), PROTOCOL)
@@ -209,8 +218,7 @@ class SafeProcessPoolExecutor(Executor):
             manager.count("failed")
             return future
         task = Task(next(self._ids), future, payload, name, timeout)
-        if self._cancel_running:
-            future._safepool_task = task
+        future._task = task
         with self._shutdown_lock:
             # Checked again under the lock that shutdown() takes, so no task slips in after
             # the manager has decided it is done.
@@ -272,21 +280,22 @@ class SafeProcessPoolExecutor(Executor):
             if not self._started:
                 return True
         manager.request("shutdown")
-        thread = manager.thread
-        if not wait or threading.current_thread() is thread:
+        finished = manager.finished
+        if not wait or threading.current_thread() is manager.thread:
             # From a done-callback we run on the manager thread: waiting would wait for us.
-            return not thread.is_alive()
+            return finished.is_set()
+        # An Event, not thread.join(): a join interrupted by Ctrl-C marks the thread as
+        # finished on Python 3.9-3.12 (CPython gh-90882) and later joins stop waiting.
         try:
-            thread.join(timeout)
-            if not thread.is_alive():
+            if finished.wait(timeout):
                 return True
             manager.request("abort", f"shutdown(timeout={timeout:g}) expired", signal.SIGTERM)
-            thread.join(_STOP_BOUND)
+            finished.wait(_STOP_BOUND)
             return False
         except KeyboardInterrupt:
             # Ctrl-C while waiting: stop everything now rather than hang on running tasks.
             manager.request("abort", "KeyboardInterrupt during shutdown()", signal.SIGKILL)
-            thread.join(_STOP_BOUND)
+            finished.wait(_STOP_BOUND)
             raise
 
     def _cancel_pending(self) -> None:
@@ -297,9 +306,7 @@ class SafeProcessPoolExecutor(Executor):
                 task = pending.popleft()
             except IndexError:  # the manager took the last one
                 break
-            if task.future.cancel():
-                self._manager.count("cancelled")
-            else:
+            if not task.future.cancel():
                 kept.append(task)  # sent to a worker once already: not cancellable
         pending.extendleft(reversed(kept))
 
@@ -348,13 +355,6 @@ class SafeProcessPoolExecutor(Executor):
 
 #: How long shutdown waits for workers after SIGKILL before it gives up waiting.
 _STOP_BOUND = 30.0
-
-
-def manager_cancel(manager: PoolManager) -> Callable[[Future], None]:
-    def on_cancel_running(future: Future) -> None:
-        manager.request("cancel", future._safepool_task)
-
-    return on_cancel_running
 
 
 def _check_positive(name: str, value) -> None:

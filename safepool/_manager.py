@@ -154,6 +154,7 @@ class PoolManager:
         self.caller_counts = collections.Counter()  # written by other threads, under the lock
         self.caller_counts_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="safepool-manager", daemon=True)
+        self.finished = threading.Event()  # set once every worker is reaped and fd closed
 
     # ---- called from other threads -------------------------------------------------------
 
@@ -198,7 +199,7 @@ class PoolManager:
             workers_started=c["started"],
             workers_replaced=MappingProxyType({cause: c["replaced_" + cause] for cause in CAUSES}),
             tasks_submitted=self.accepted + c["submitted"],
-            tasks_queued=len(self.pending),
+            tasks_queued=sum(1 for t in list(self.pending) if not t.future.done()),
             tasks_running=sum(len(w.tasks) for w in workers),
             tasks_completed=c["completed"],
             tasks_failed=c["failed"],
@@ -347,10 +348,8 @@ class PoolManager:
             task = self.pending.popleft()
             # Marks the future RUNNING (so cancel() returns False, as in the stdlib), unless
             # the caller cancelled it while it was queued.
-            if task.claim():
+            if task.claim():  # (a cancelled one was counted by SafeFuture.cancel)
                 batch.append(task)
-            elif not task.claimed:  # (one cancelled while running was counted then)
-                self.counts["cancelled"] += 1
         if not batch:
             return
         if not w.tasks:
@@ -725,27 +724,24 @@ class PoolManager:
             task = self.pending.popleft()
             if task.claim():
                 self._fail(task.future, err)
-            else:
-                self.counts["cancelled"] += 1
 
     def _abort(self, reason: str, sig: int) -> None:
         """terminate_workers(), kill_workers(), an expired shutdown timeout, Ctrl-C."""
         self.shutting_down = True
-        while self.pending:
-            task = self.pending.popleft()
-            if task.future.cancel():
-                self.counts["cancelled"] += 1
         for w in list(self.workers.values()):
             if w.tasks:
                 self._evict(w, WorkerLostError(
                     f"{w.tasks[0].name} was stopped on worker pid {w.pid}: {reason}",
                     pid=w.pid, task=w.tasks[0].name))
             self._stop_now(w, "terminated", sig)
-        # What _evict put back had been sent to a worker but never started: it cannot be
-        # cancelled any more (its future is RUNNING), so it fails, saying so.
         while self.pending:
             task = self.pending.popleft()
-            self._fail(task.future, BrokenProcessPool(f"{task.name} never started: {reason}"))
+            if task.claimed:
+                # Sent to a worker once (its future is RUNNING, so it cannot be cancelled)
+                # but never started: it fails, saying so.
+                self._fail(task.future, BrokenProcessPool(f"{task.name} never started: {reason}"))
+            else:
+                task.future.cancel()  # counted by SafeFuture.cancel
 
     def _cancel_running(self, task: Task) -> None:
         """Stop the worker that has this (cancelled) task. With cancel_running, a worker has
@@ -761,7 +757,8 @@ class PoolManager:
     # ---- deadlines -----------------------------------------------------------------------
 
     def _task_deadline(self, w: Worker) -> Optional[float]:
-        if w.stopping is not None or not self._head_started(w):
+        # A recycling worker still runs its last task under that task's timeout.
+        if w.stop_stage >= 2 or not self._head_started(w):
             return None
         timeout = w.tasks[0].timeout
         return None if timeout is None else w.head_since + timeout
@@ -835,6 +832,7 @@ class PoolManager:
             self._wake_closed = True
             os.close(self._wake_r)
             os.close(self._wake_w)
+        self.finished.set()
 
 
 def _load_exception(payload, what: str) -> BaseException:

@@ -97,7 +97,10 @@ class RemoteException:
 
 
 def format_remote(exc: BaseException) -> str:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:  # noqa: B036 - a broken __str__ or __repr__ must not kill the worker
+        tb = f"{type(exc).__qualname__} (its traceback could not be formatted)\n"
     return f'\n"""\n{tb}"""'
 
 
@@ -111,9 +114,17 @@ def dump_exception(exc: BaseException, what: str) -> bytes:
         return pickle.dumps(RemoteException(exc, tb), PROTOCOL)
     except BaseException as pickle_error:  # noqa: B036 - any failure here must still report
         substitute = TaskPicklingError(
-            f"{what} {type(exc).__qualname__}: {exc}; that exception could not be pickled "
-            f"to send it back to the parent ({type(pickle_error).__name__}: {pickle_error}). "
-            "Make the exception picklable (pass all its arguments to super().__init__) or "
-            "raise a builtin exception."
+            f"{what} {type(exc).__qualname__}: {_safe_str(exc)}; that exception could not be "
+            f"pickled to send it back to the parent ({type(pickle_error).__name__}: "
+            f"{_safe_str(pickle_error)}). Make the exception picklable (pass all its "
+            "arguments to super().__init__) or raise a builtin exception."
         )
         return pickle.dumps(RemoteException(substitute, tb), PROTOCOL)
+
+
+def _safe_str(exc: BaseException) -> str:
+    """str(exc), or a stand-in when the exception's own __str__ raises."""
+    try:
+        return str(exc)
+    except BaseException:  # noqa: B036
+        return "<its str() raised>"

@@ -54,10 +54,31 @@ def _die_with_parent(lifeline_fd: int) -> None:
 
 
 def start_lifeline(lifeline_fd: int) -> None:
-    """Watch the parent from a thread, so a worker busy in a long task still dies with it."""
+    """Die with the parent, even in the middle of a long task.
+
+    On Linux the kernel itself does it: the lifeline pipe is armed (O_ASYNC, F_SETOWN to our
+    process group, F_SETSIG to SIGKILL) so that its end-of-file, when the parent dies, sends
+    SIGKILL to this worker and everything its tasks started, even while a task holds the GIL
+    in a long C call. Everywhere, a thread also watches the pipe, as a second line.
+    """
+    _arm_lifeline_in_kernel(lifeline_fd)
     t = threading.Thread(target=_die_with_parent, args=(lifeline_fd,),
                          name="safepool-lifeline", daemon=True)
     t.start()
+
+
+def _arm_lifeline_in_kernel(lifeline_fd: int) -> None:
+    if not sys.platform.startswith("linux") or os.getpgrp() != os.getpid():
+        return
+    import fcntl
+
+    try:
+        fcntl.fcntl(lifeline_fd, fcntl.F_SETOWN, -os.getpid())  # our whole process group
+        fcntl.fcntl(lifeline_fd, getattr(fcntl, "F_SETSIG", 10), signal.SIGKILL)
+        flags = fcntl.fcntl(lifeline_fd, fcntl.F_GETFL)
+        fcntl.fcntl(lifeline_fd, fcntl.F_SETFL, flags | os.O_ASYNC)
+    except OSError:
+        pass  # the watching thread still works
 
 
 def _rss() -> int:
