@@ -263,3 +263,14 @@ class BrokenStrError(Exception):
 
 def raise_broken_str_error():
     raise BrokenStrError()
+
+
+def hold_gil(path):
+    """Announce our pid, then run one long C call that never releases the GIL.
+
+    Catastrophic regex backtracking: no other thread of this worker runs until it returns.
+    """
+    import re
+
+    _write_atomic(path, str(os.getpid()))
+    return bool(re.match(r"(a+)+$", "a" * 40 + "b"))

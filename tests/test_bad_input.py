@@ -199,9 +199,6 @@ def test_mixed_bad_input_never_loses_a_good_task(pool):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="safepool bug: _protocol.dump_exception formats the "
-                   "unpicklable exception with str(exc) in its fallback; when str() raises too, "
-                   "the worker dies (WorkerLostError, exit code 1) instead of reporting it")
 def test_exception_that_cannot_be_pickled_nor_printed(pool):
     exc = failure(pool.submit(tasks.raise_broken_str_error))
     assert isinstance(exc, TaskPicklingError), repr(exc)
