@@ -108,7 +108,12 @@ class WorkerProcess:
         self.kill_group()
         self.process.join()
         exitcode = self.process.exitcode
-        self.process.close()
+        if exitcode is None:
+            # The kernel reaped it already (the application set SIGCHLD to SIG_IGN), so
+            # its exit status is lost; close() would refuse a process it thinks is running.
+            self.process._popen.close()
+        else:
+            self.process.close()
         for fd in (self.task_fd, self.result_fd, self.lifeline_fd):
             try:
                 os.close(fd)

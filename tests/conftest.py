@@ -16,17 +16,39 @@ HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker", "re
 
 
 def leftover_children():
-    """Our descendants other than the stdlib's interpreter-lifetime helpers."""
-    out = []
-    for child in psutil.Process().children(recursive=True):
+    """Our descendants other than the stdlib's interpreter-lifetime helpers.
+
+    Only our *direct* children can be helpers: a forkserver worker has exactly its fork
+    server's command line, so matching command lines at every depth would hide every leaked
+    forkserver worker.
+    """
+    me = psutil.Process()
+    helpers = set()
+    for child in me.children():
         try:
-            cmd = " ".join(child.cmdline())
-            if any(h in cmd for h in HELPERS):
-                continue
-            out.append((child.pid, child.status(), cmd[:80]))
+            if any(h in " ".join(child.cmdline()) for h in HELPERS):
+                helpers.add(child.pid)
+        except psutil.Error:
+            pass
+    out = []
+    for proc in me.children(recursive=True):
+        if proc.pid in helpers:
+            continue
+        try:
+            out.append((proc.pid, proc.status(), " ".join(proc.cmdline())[:80]))
         except psutil.NoSuchProcess:
             pass
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stdlib_helpers():
+    """Start the interpreter-lifetime helpers before any test counts file descriptors: the
+    fork server and the resource tracker each keep a descriptor open for good."""
+    from multiprocessing import forkserver, resource_tracker
+
+    forkserver.ensure_running()
+    resource_tracker.ensure_running()
 
 
 def wait_until(predicate, timeout=20.0, interval=0.02, message="condition"):

@@ -209,14 +209,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("method", [
-    "forkserver",
-    pytest.param("spawn", marks=pytest.mark.xfail(
-        strict=True, reason="safepool bug: with SIGCHLD ignored in the parent the kernel reaps "
-        "spawn workers itself, Process.join() leaves exitcode None and WorkerProcess.reap()'s "
-        "process.close() raises ValueError in the manager thread: the pool breaks on the first "
-        "crash or recycle and logs CRITICAL at shutdown")),
-])
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
 def test_parent_ignoring_sigchld(tmp_path, method):
     # Some daemons set SIGCHLD to SIG_IGN so that they never have to reap. The stdlib's pool
     # copes; ours must not break its manager thread over an exit status it cannot get.
