@@ -144,6 +144,7 @@ def allocate_mb(mb):
 def stderr_print(msg):
     print(msg, file=sys.stderr)
 
+
 # ---- added for the hardening suite (test_core_api, test_crash, test_signals, test_shutdown,
 # ---- test_reaping, test_bad_input, test_crash_loop) ------------------------------------------
 
@@ -249,6 +250,79 @@ def return_result_too_large_to_load():
 def exit_in_initializer(code=3):
     """An initializer that kills its worker before it can take a task (a broken environment)."""
     os._exit(code)
+
+
+# ---- for the issue-3 tests: timeouts, cancelling running tasks, recycling, map, stats ----
+
+
+def _announce(path, text):
+    """Write ``text`` to ``path`` atomically, so a test never reads half a file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
+def _wait_for_path(path, limit):
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} never appeared")
+        time.sleep(0.005)
+
+
+def park_until_file(pid_path, release_path, value=None, limit=120):
+    """Announce our pid in ``pid_path`` (if given), wait for ``release_path``, return value."""
+    if pid_path:
+        _announce(pid_path, str(os.getpid()))
+    _wait_for_path(release_path, limit)
+    return value
+
+
+def value_after_file(value, release_path=None):
+    """Return ``value``, after ``release_path`` exists if one is given (a test releases it)."""
+    if release_path is not None:
+        _wait_for_path(release_path, 120)
+    return value
+
+
+def spin_ignoring_sigterm(path):
+    """Ignore SIGTERM, announce our pid, then spin on the CPU forever."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _announce(path, str(os.getpid()))
+    while True:
+        pass
+
+
+def return_on_sigterm(path, value="late"):
+    """Announce our pid, wait until SIGTERM arrives (caught), then return ``value``.
+
+    The result is produced only after the parent decided to stop us (timeout or cancel), so it
+    arrives late, deterministically, well before the parent escalates to SIGKILL.
+    """
+    got = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    _announce(path, str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return value
+
+
+def sleep_then_getpid(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def takes_timeout_kwarg(x, timeout=None):
+    """A task with its own ``timeout`` keyword: schedule() must not swallow it."""
+    return x, timeout
+
+
+def fail_if_equal(x, bad):
+    if x == bad:
+        raise ValueError(f"item {x} is bad")
+    return x * 10
 
 
 class BrokenStrError(Exception):

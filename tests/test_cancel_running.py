@@ -1,0 +1,185 @@
+"""Cancelling a running task (issue 3, item 2): ``cancel_running=True``.
+
+``future.cancel()`` on a running task returns True, the future ends cancelled, the worker is
+stopped and replaced, and other tasks are untouched; ``asyncio.wait_for`` around
+``run_in_executor`` really stops the work. The default keeps the stdlib's semantics.
+"""
+import asyncio
+import os
+from concurrent.futures import CancelledError
+
+import psutil
+import pytest
+import tasks
+from conftest import wait_for_pid_file, wait_until
+
+from safepool import SafeProcessPoolExecutor
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stdlib_helpers_running():
+    # The forkserver and resource tracker (and their descriptors) live as long as the
+    # interpreter: start them before clean_process counts descriptors.
+    with SafeProcessPoolExecutor(1) as ex:
+        ex.submit(tasks.getpid).result()
+
+
+def gone(pid):
+    """True once ``pid`` has exited and been reaped (a zombie re-parented away from us counts
+    as gone: reaping it is no longer ours to do)."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() == psutil.STATUS_ZOMBIE and proc.ppid() != os.getpid()
+    except psutil.NoSuchProcess:
+        return True
+
+
+def force_shutdown(ex):
+    """Cleanup that cannot hang on a task left running by a bug under test."""
+    ex.kill_workers()
+    ex.shutdown(wait=True)
+
+
+@pytest.mark.timeout(60)
+def test_cancel_running_task_stops_and_replaces_its_worker(clean_process, tmp_path):
+    pid_file = str(tmp_path / "pid")
+    other_pid_file, release = str(tmp_path / "other"), str(tmp_path / "release")
+    ex = SafeProcessPoolExecutor(2, cancel_running=True)
+    try:
+        f = ex.submit(tasks.park, pid_file)
+        other = ex.submit(tasks.park_until_file, other_pid_file, release, "other")
+        pid = int(wait_for_pid_file(pid_file))
+        other_pid = int(wait_for_pid_file(other_pid_file))
+        assert f.running()
+
+        assert f.cancel() is True
+        assert f.cancelled() and f.done()
+        with pytest.raises(CancelledError):
+            f.result(timeout=0)
+        wait_until(lambda: gone(pid), 20, message="the cancelled task's worker to be reaped")
+
+        # The other worker and its task are untouched.
+        assert not gone(other_pid) and not other.done()
+        open(release, "w").close()
+        assert other.result(timeout=20) == "other"
+        # The stopped worker was replaced: two tasks at once still run in two processes.
+        pids = {ex.submit(tasks.sleep_then_getpid, 0.3).result(timeout=20) for _ in range(2)}
+        assert pid not in pids
+        wait_until(lambda: ex.stats().workers_replaced["cancel"] == 1, 20,
+                   message="one worker replaced for a cancel")
+        assert ex.stats().tasks_failed == 0
+    finally:
+        force_shutdown(ex)
+
+
+@pytest.mark.timeout(60)
+def test_cancel_running_stops_a_task_that_ignores_sigterm(clean_process, tmp_path):
+    pid_file = str(tmp_path / "pid")
+    ex = SafeProcessPoolExecutor(1, cancel_running=True)
+    try:
+        f = ex.submit(tasks.spin_ignoring_sigterm, pid_file)
+        pid = int(wait_for_pid_file(pid_file))
+        assert f.cancel() is True and f.cancelled()
+        wait_until(lambda: gone(pid), 20, message="the SIGTERM-ignoring worker to be killed")
+        assert ex.submit(tasks.getpid).result(timeout=20) != pid
+    finally:
+        force_shutdown(ex)
+
+
+@pytest.mark.timeout(60)
+def test_cancel_running_queued_tasks_behind_it_still_run(clean_process, tmp_path):
+    """Tasks sent to the same worker behind the cancelled one are re-run elsewhere."""
+    pid_file = str(tmp_path / "pid")
+    ex = SafeProcessPoolExecutor(1, cancel_running=True)
+    try:
+        f = ex.submit(tasks.park, pid_file)
+        rest = [ex.submit(tasks.square, i) for i in range(5)]
+        pid = int(wait_for_pid_file(pid_file))
+        assert f.cancel() is True
+        assert [r.result(timeout=20) for r in rest] == [0, 1, 4, 9, 16]
+        wait_until(lambda: gone(pid), 20, message="the cancelled task's worker to be reaped")
+    finally:
+        force_shutdown(ex)
+
+
+@pytest.mark.timeout(60)
+def test_default_cancel_of_a_running_task_returns_false(clean_process, tmp_path):
+    pid_file, release = str(tmp_path / "pid"), str(tmp_path / "release")
+    with SafeProcessPoolExecutor(1) as ex:
+        f = ex.submit(tasks.park_until_file, pid_file, release, "finished")
+        pid = int(wait_for_pid_file(pid_file))
+        assert f.running()
+        assert f.cancel() is False
+        assert not f.cancelled() and f.running()
+        assert not gone(pid)
+        open(release, "w").close()
+        assert f.result(timeout=20) == "finished"
+        assert ex.stats().workers_replaced["cancel"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_asyncio_wait_for_run_in_executor_stops_the_worker(clean_process, tmp_path):
+    pid_file = str(tmp_path / "pid")
+
+    async def main(ex):
+        loop = asyncio.get_running_loop()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(loop.run_in_executor(ex, tasks.park, pid_file), 0.5)
+
+    ex = SafeProcessPoolExecutor(1, cancel_running=True)
+    try:
+        first = ex.submit(tasks.getpid).result(timeout=20)  # a ready worker: the task starts now
+        asyncio.run(main(ex))
+        pid = int(wait_for_pid_file(pid_file))
+        assert pid == first
+        wait_until(lambda: gone(pid), 20, message="the worker running the timed-out coroutine's "
+                                                  "task to be stopped")
+        assert ex.submit(tasks.getpid).result(timeout=20) != pid
+        wait_until(lambda: ex.stats().workers_replaced["cancel"] == 1, 20,
+                   message="one worker replaced for a cancel")
+    finally:
+        force_shutdown(ex)
+
+
+@pytest.mark.timeout(60)
+def test_cancelled_task_waiting_in_a_workers_pipe_never_runs(clean_process, tmp_path):
+    """A task submitted behind a running one, then cancelled, never runs. (Were it sent ahead
+    to the busy worker's pipe, its future would say RUNNING: with cancel_running=True,
+    cancel() still returns True, so its work must not happen either.)"""
+    first_pid, release = str(tmp_path / "first"), str(tmp_path / "release")
+    second_pid = str(tmp_path / "second")
+    ex = SafeProcessPoolExecutor(1, cancel_running=True)
+    try:
+        first = ex.submit(tasks.park_until_file, first_pid, release, "first")
+        wait_for_pid_file(first_pid)
+        second = ex.submit(tasks.park, second_pid)
+        # Queued, or already sent to the busy worker's pipe (then its future says RUNNING):
+        # either way cancel() succeeds, so the work must never happen.
+        assert second.cancel() is True
+        assert second.cancelled()
+        open(release, "w").close()
+        assert first.result(timeout=20) == "first"
+        # One worker: if the cancelled park() ran, this would wait 600 s.
+        assert ex.submit(tasks.getpid).result(timeout=10)
+        assert not os.path.exists(second_pid), "a cancelled task ran"
+    finally:
+        force_shutdown(ex)
+
+
+@pytest.mark.timeout(60)
+def test_task_cancelled_before_its_worker_is_ready_never_runs(clean_process, tmp_path):
+    """The task was sent to a worker still in its initializer (the future is RUNNING), then
+    cancelled: when the worker becomes ready, it must not run it."""
+    release, pid_file = str(tmp_path / "release"), str(tmp_path / "pid")
+    ex = SafeProcessPoolExecutor(1, cancel_running=True, initializer=tasks.park_until_file,
+                                 initargs=(None, release))
+    try:
+        f = ex.submit(tasks.park, pid_file)
+        wait_until(f.running, 20, message="the task to be sent to the starting worker")
+        assert f.cancel() is True and f.cancelled()
+        open(release, "w").close()  # the worker's initializer returns: it is ready
+        # One worker: if the cancelled park() ran, this would wait 600 s.
+        assert ex.submit(tasks.getpid).result(timeout=10)
+        assert not os.path.exists(pid_file), "a cancelled task ran"
+    finally:
+        force_shutdown(ex)
