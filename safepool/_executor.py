@@ -10,7 +10,7 @@ import sys
 import threading
 import weakref
 from concurrent.futures import Executor, Future
-from concurrent.futures._base import CANCELLED, PENDING, RUNNING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
@@ -78,6 +78,12 @@ class SafeFuture(Future):
     _task: Optional[Task] = None
     _cancel_running = False
 
+    def set_running_or_notify_cancel(self) -> bool:
+        with self._condition:  # an RLock: the base method takes it again
+            if self._state == CANCELLED_AND_NOTIFIED:
+                return False  # cancel() told the waiters already
+            return super().set_running_or_notify_cancel()
+
     def cancel(self) -> bool:
         with self._condition:
             state = self._state
@@ -88,8 +94,9 @@ class SafeFuture(Future):
                 state = None
         if state is None:
             return super().cancel()  # FINISHED or RUNNING: False; already CANCELLED: True
-        if state == RUNNING:
-            self.set_running_or_notify_cancel()  # tells wait() and as_completed() waiters
+        # Tell wait() and as_completed() now. (The stdlib's futures are only told when the
+        # executor next looks at them, so wait() on a cancelled queue can sit out its timeout.)
+        self.set_running_or_notify_cancel()
         self._invoke_callbacks()
         manager = self._manager
         if manager is not None:
