@@ -95,7 +95,9 @@ def raise_lock_error():
 
 def sigterm_state():
     """What a task sees of SIGTERM and SIGINT in its worker."""
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else set()
+    mask = set()
+    if hasattr(signal, "pthread_sigmask"):
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     return {
         "sigterm": signal.getsignal(signal.SIGTERM),
         "sigint": signal.getsignal(signal.SIGINT),

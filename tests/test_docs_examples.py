@@ -202,7 +202,7 @@ def test_doc_example(example, tmp_path):
             _text(proc.stderr)))
     if elapsed > SLOW:
         warnings.warn("{} took {:.1f} s; keep doc examples under {} s".format(
-            example.id, elapsed, SLOW))
+            example.id, elapsed, SLOW), stacklevel=2)
 
     if importlib.util.find_spec("psutil") is not None and sys.platform.startswith("linux"):
         deadline = time.monotonic() + LEFTOVER_GRACE
