@@ -49,9 +49,13 @@ STARTUP_FAILURE_LIMIT = 3
 STOP_GRACE = 3.0
 #: After SIGTERM, how long before SIGKILL of the worker's whole process tree.
 TERM_GRACE = 1.0
-#: The most tasks sent in one message, and the task length below which batching pays.
-MAX_BATCH = 64
+#: The most tasks sent in one message, the task length below which batching pays, and the
+#: estimated work one message may carry. Tasks sent to a worker are RUNNING (not cancellable,
+#: as in the stdlib's call queue), so batches stay small: at most about 10 ms of short tasks
+#: per worker run after a cancel or an abandoned map.
+MAX_BATCH = 16
 FAST_TASK = 0.002
+BATCH_WORK = 0.005
 #: Per worker, how many task messages may wait in its pipe behind the one it is running, and
 #: below which average task length that pipelining pays.
 PIPELINE_DEPTH = 1
@@ -336,7 +340,8 @@ class PoolManager:
         if self.avg_task_time is not None and self.avg_task_time < FAST_TASK:
             # Short tasks: share the queue out in a few messages per worker, to save system
             # calls and wake-ups, but never so much that one worker hoards the queue.
-            n = max(1, min(MAX_BATCH, len(self.pending) // (2 * self.max_workers)))
+            n = max(1, min(MAX_BATCH, len(self.pending) // (2 * self.max_workers),
+                           int(BATCH_WORK / max(self.avg_task_time, 1e-6))))
         if self.max_tasks_per_child is not None:
             n = min(n, self.max_tasks_per_child - w.dispatched)
         return n
