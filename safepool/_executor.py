@@ -74,8 +74,8 @@ class SafeFuture(Future):
     arrives is dropped.
     """
 
-    _manager: Optional[PoolManager] = None
-    _task: Optional[Task] = None
+    _manager_ref = None  # weakref.ref to the PoolManager: a future must not keep a pool alive
+    _task_ref = None  # weakref.ref to its Task: no future <-> task cycle keeps arguments alive
     _cancel_running = False
 
     def set_running_or_notify_cancel(self) -> bool:
@@ -98,10 +98,13 @@ class SafeFuture(Future):
         # executor next looks at them, so wait() on a cancelled queue can sit out its timeout.)
         self.set_running_or_notify_cancel()
         self._invoke_callbacks()
-        manager = self._manager
+        manager = self._manager_ref() if self._manager_ref is not None else None
         if manager is not None:
-            if state == RUNNING:
-                manager.request("cancel", self._task)
+            task = self._task_ref() if state == RUNNING else None
+            if task is not None:
+                manager.request("cancel", task)
+            elif state == RUNNING:
+                pass  # its task is already settled: nothing left to stop
             else:
                 manager.count("cancelled")
         return True
@@ -208,7 +211,7 @@ class SafeProcessPoolExecutor(Executor):
         manager = self._manager
         self._check_open()  # before pickling: a closed pool says so, whatever the task
         future = SafeFuture()
-        future._manager = manager
+        future._manager_ref = weakref.ref(manager)
         future._cancel_running = self._cancel_running
         name = _task_name(fn)
         try:
@@ -225,7 +228,7 @@ class SafeProcessPoolExecutor(Executor):
             manager.count("failed")
             return future
         task = Task(next(self._ids), future, payload, name, timeout)
-        future._task = task
+        future._task_ref = weakref.ref(task)
         with self._shutdown_lock:
             # Checked again under the lock that shutdown() takes, so no task slips in after
             # the manager has decided it is done.

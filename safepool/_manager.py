@@ -68,7 +68,7 @@ BIG_MESSAGE = 1 << 20
 class Task:
     """One submitted call: its future and its pickled (fn, args, kwargs), kept for a resend."""
 
-    __slots__ = ("id", "future", "payload", "name", "timeout", "claimed")
+    __slots__ = ("id", "future", "payload", "name", "timeout", "claimed", "__weakref__")
 
     def __init__(self, task_id: int, future: Future, payload: bytes, name: str,
                  timeout: Optional[float]):

@@ -106,9 +106,9 @@ def _items(iterables, chunksize: int) -> Iterator:
 def _values(value, chunked: bool):
     """The results a finished future stands for, raising a chunk's error after its results."""
     if not chunked:
-        return (value,), None
+        return [value], None
     results, error = value
-    return results, error
+    return list(results), error
 
 
 def _raise_chunk_error(error: bytes) -> None:
@@ -137,10 +137,14 @@ def _ordered(futures, items, submit, buffersize, end, chunked, tracker):
             value = future.result() if end is None else future.result(end - time.monotonic())
             del future
             results, error = _values(value, chunked)
-            for result in results:
+            del value
+            results.reverse()
+            # Pop before yielding: a suspended generator must not keep a result alive (the
+            # stdlib's map guarantees this, bpo-14406: test_free_reference).
+            while results:
                 if tracker is not None:
                     tracker.advance()
-                yield result
+                yield results.pop()
             if error is not None:
                 _raise_chunk_error(error)
     finally:
@@ -186,10 +190,11 @@ def _unordered(in_flight, finished, items, submit, buffersize, end, chunked, tra
                     in_flight.add(submit(item))
             results, error = _values(future.result(), chunked)
             del future
-            for result in results:
+            results.reverse()
+            while results:  # pop before yielding, as in _ordered
                 if tracker is not None:
                     tracker.advance()
-                yield result
+                yield results.pop()
             if error is not None:
                 _raise_chunk_error(error)
     finally:

@@ -23,6 +23,11 @@ def resolve_context(mp_context: Optional[BaseContext]) -> BaseContext:
     deadlocks children at random, and forked children inherit the parent's signal handlers.
     """
     if mp_context is None:
+        # An application that chose spawn or forkserver for the whole process keeps it, as
+        # with the stdlib; a global 'fork' (or none chosen) gets forkserver where available.
+        chosen = multiprocessing.get_start_method(allow_none=True)
+        if chosen in SAFE_METHODS:
+            return multiprocessing.get_context(chosen)
         methods = multiprocessing.get_all_start_methods()
         return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     get_method = getattr(mp_context, "get_start_method", None)
@@ -108,12 +113,10 @@ class WorkerProcess:
         self.kill_group()
         self.process.join()
         exitcode = self.process.exitcode
-        if exitcode is None:
-            # The kernel reaped it already (the application set SIGCHLD to SIG_IGN), so
-            # its exit status is lost; close() would refuse a process it thinks is running.
-            self.process._popen.close()
-        else:
-            self.process.close()
+        # Release the sentinel, but not with Process.close(): these Process objects are what
+        # the stdlib-compatible ``_processes`` hands out, and code written for
+        # ProcessPoolExecutor join()s them after shutdown (join/exitcode/is_alive still work).
+        self.process._popen.close()
         for fd in (self.task_fd, self.result_fd, self.lifeline_fd):
             try:
                 os.close(fd)

@@ -7,7 +7,11 @@ import concurrent.futures
 import pickle
 import signal
 from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import _RemoteTraceback as RemoteTraceback
 from typing import Optional
+
+# RemoteTraceback is the stdlib's own class (the same .tb and __str__ on 3.8-3.13), so that code
+# checking ``type(exc.__cause__) is concurrent.futures.process._RemoteTraceback`` keeps working.
 
 __all__ = [
     "BrokenProcessPool",
@@ -98,13 +102,3 @@ class TaskUnpicklingError(pickle.UnpicklingError, BrokenProcessPool):
     ``BrokenProcessPool`` so existing ``except`` clauses keep working.
     """
 
-
-class RemoteTraceback(Exception):
-    """Carries the formatted traceback from the worker; set as ``__cause__`` of a task's error."""
-
-    def __init__(self, tb: str):
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
