@@ -62,6 +62,7 @@ PIPELINE_DEPTH = 1
 PIPELINE_BELOW = 0.005
 READ_CHUNK = 1 << 18
 LIVENESS_INTERVAL = 1.0
+SPAWN_RETRY = 0.2
 BIG_MESSAGE = 1 << 20
 
 
@@ -152,7 +153,6 @@ class PoolManager:
         self._nearest: Optional[float] = None  # the nearest deadline, from _next_timeout()
 
         self.startup_failures = 0
-        self.last_startup_error: Optional[BaseException] = None
         self.avg_task_time: Optional[float] = None
         self.counts = collections.Counter()  # written by the manager thread only
         self.caller_counts = collections.Counter()  # written by other threads, under the lock
@@ -694,7 +694,6 @@ class PoolManager:
 
     def _startup_failed(self, error: Optional[BaseException], why: str) -> None:
         self.startup_failures += 1
-        self.last_startup_error = error
         if self.startup_failures < STARTUP_FAILURE_LIMIT:
             return
         broken = BrokenProcessPool(
@@ -785,6 +784,10 @@ class PoolManager:
     def _next_timeout(self) -> Optional[float]:
         """Seconds until the nearest deadline (None: none), remembered in ``_nearest``."""
         nearest = self._next_liveness_check if self.workers else None
+        if self.pending and self._can_spawn():
+            # Tasks wait and a slot is free: starting a worker just failed (EAGAIN, EMFILE).
+            # Try again soon; STARTUP_FAILURE_LIMIT failures in a row break the pool.
+            nearest = time.monotonic() + SPAWN_RETRY
         for w in self.workers.values():
             for deadline in (w.stop_deadline, self._task_deadline(w), self._lifetime_end(w)):
                 if deadline is not None and (nearest is None or deadline < nearest):
