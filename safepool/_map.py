@@ -103,16 +103,26 @@ def _items(iterables, chunksize: int) -> Iterator:
     return iter(lambda: list(itertools.islice(args, chunksize)), [])
 
 
-def _values(value, chunked: bool):
-    """The results a finished future stands for, raising a chunk's error after its results."""
-    if not chunked:
-        return [value], None
-    results, error = value
-    return list(results), error
+def _yield_results(future, chunked: bool, tracker, end: Optional[float] = None):
+    """Yield the results a finished future stands for, then raise a chunk's error.
 
-
-def _raise_chunk_error(error: bytes) -> None:
-    raise pickle.loads(error)
+    Each result is popped before it is yielded: a suspended generator must not keep a
+    result alive (the stdlib's map guarantees it, bpo-14406: test_free_reference).
+    """
+    value = future.result() if end is None else future.result(end - time.monotonic())
+    if chunked:
+        results, error = value
+        results = list(results)
+    else:
+        results, error = [value], None
+    del value, future
+    results.reverse()
+    while results:
+        if tracker is not None:
+            tracker.advance()
+        yield results.pop()
+    if error is not None:
+        raise pickle.loads(error)
 
 
 def map_ordered(executor, fn: Callable, iterables, *, timeout: Optional[float], chunksize: int,
@@ -133,20 +143,7 @@ def _ordered(futures, items, submit, buffersize, end, chunked, tracker):
             if buffersize is not None:
                 for item in itertools.islice(items, 1):  # keep the look-ahead full
                     futures.append(submit(item))
-            future = futures.popleft()
-            value = future.result() if end is None else future.result(end - time.monotonic())
-            del future
-            results, error = _values(value, chunked)
-            del value
-            results.reverse()
-            # Pop before yielding: a suspended generator must not keep a result alive (the
-            # stdlib's map guarantees this, bpo-14406: test_free_reference).
-            while results:
-                if tracker is not None:
-                    tracker.advance()
-                yield results.pop()
-            if error is not None:
-                _raise_chunk_error(error)
+            yield from _yield_results(futures.popleft(), chunked, tracker, end)
     finally:
         for future in futures:
             future.cancel()
@@ -188,15 +185,9 @@ def _unordered(in_flight, finished, items, submit, buffersize, end, chunked, tra
             if buffersize is not None:
                 for item in itertools.islice(items, 1):
                     in_flight.add(submit(item))
-            results, error = _values(future.result(), chunked)
-            del future
-            results.reverse()
-            while results:  # pop before yielding, as in _ordered
-                if tracker is not None:
-                    tracker.advance()
-                yield results.pop()
-            if error is not None:
-                _raise_chunk_error(error)
+            results = _yield_results(future, chunked, tracker)
+            del future  # only the generator holds it now, and it lets go before yielding
+            yield from results
     finally:
         for future in in_flight:
             future.cancel()

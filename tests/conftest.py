@@ -42,13 +42,25 @@ def leftover_children():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def stdlib_helpers():
+def _start_stdlib_helpers():
     """Start the interpreter-lifetime helpers before any test counts file descriptors: the
     fork server and the resource tracker each keep a descriptor open for good."""
     from multiprocessing import forkserver, resource_tracker
 
     forkserver.ensure_running()
     resource_tracker.ensure_running()
+
+
+def gone(pid):
+    """The process no longer runs. An orphan may stay a zombie under an init that never
+    reaps (as in some containers); that is no longer a running process, and not ours."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return False
+        return proc.ppid() != os.getpid()  # a zombie *we* should have reaped is a leak
+    except psutil.NoSuchProcess:
+        return True
 
 
 def wait_until(predicate, timeout=20.0, interval=0.02, message="condition"):

@@ -4,89 +4,30 @@ Import the fixtures into a test module to use them::
 
     from hardening_helpers import clean, stdlib_helpers  # noqa: F401  (pytest fixtures)
 """
-import gc
 import logging
 import os
 import sys
 import textwrap
 import threading
-import time
 
-import psutil
 import pytest
+from conftest import gone, leftover_children, no_leftovers  # noqa: F401
 
-HELPER_MARKS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker",
-                "resource_tracker")
+# conftest.py's checks see forkserver workers and start the stdlib's helpers once per session;
+# these names remain for the modules that import them.
+stray_processes = leftover_children
+no_strays = no_leftovers
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def stdlib_helpers():
-    """Start the interpreter-lifetime helpers before any test counts file descriptors.
-
-    The fork server and the resource tracker each keep one descriptor open in the parent for
-    as long as the interpreter lives; started inside a test, they would look like a leak.
-    """
-    from multiprocessing import forkserver, resource_tracker
-
-    forkserver.ensure_running()
-    resource_tracker.ensure_running()
-
-
-def stray_processes():
-    """Every descendant except the stdlib's helpers themselves.
-
-    ``conftest.leftover_children`` skips every process whose command line names the fork
-    server, and a forkserver worker has exactly its fork server's command line, so it would
-    miss every leaked forkserver worker. Here only our *direct* children may be helpers:
-    workers (children of the fork server), and what tasks started, always count.
-    """
-    me = psutil.Process()
-    helpers = set()
-    for child in me.children():
-        try:
-            if any(m in " ".join(child.cmdline()) for m in HELPER_MARKS):
-                helpers.add(child.pid)
-        except psutil.Error:
-            pass
-    out = []
-    for proc in me.children(recursive=True):
-        if proc.pid in helpers:
-            continue
-        try:
-            out.append((proc.pid, proc.status(), " ".join(proc.cmdline())[:80]))
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
-def no_strays(timeout=15.0):
-    deadline = time.monotonic() + timeout
-    left = stray_processes()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = stray_processes()
-    return left
+    """Kept for the modules that import it: conftest.py starts the helpers once per session."""
 
 
 @pytest.fixture
 def clean(clean_process):
-    """``clean_process`` (fds, processes) plus a check that also sees forkserver workers."""
+    """No child process, zombie or extra fd left behind (``conftest.clean_process``)."""
     yield
-    gc.collect()
-    left = no_strays()
-    assert not left, f"processes left behind: {left}"
-
-
-def gone(pid):
-    """The process no longer runs. An orphan may stay a zombie under an init that never
-    reaps (as in some containers); that is no longer a running process, and not ours."""
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() != psutil.STATUS_ZOMBIE:
-            return False
-        return proc.ppid() != os.getpid()  # a zombie *we* should have reaped is a leak
-    except psutil.NoSuchProcess:
-        return True
 
 
 def returns_within(fn, timeout, what="call"):

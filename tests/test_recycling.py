@@ -4,13 +4,11 @@ A worker over a limit finishes its current task, exits cleanly and is replaced; 
 or is lost because of recycling.
 """
 import collections
-import os
 from concurrent.futures import wait
 
-import psutil
 import pytest
 import tasks
-from conftest import wait_until
+from conftest import gone, wait_until
 
 from safepool import SafeProcessPoolExecutor, TaskTimeoutError
 
@@ -24,14 +22,6 @@ def _stdlib_helpers_running():
     with SafeProcessPoolExecutor(1) as ex:
         ex.submit(tasks.getpid).result()
 
-
-def gone(pid):
-    """True once ``pid`` has exited and been reaped by us."""
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() == psutil.STATUS_ZOMBIE and proc.ppid() != os.getpid()
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.mark.timeout(60)

@@ -4,14 +4,12 @@
 stops what remains through the stop ladder, the unfinished futures fail with a clear error,
 nothing is left behind, and it returns False.
 """
-import os
 import time
 from concurrent.futures.process import BrokenProcessPool
 
-import psutil
 import pytest
 import tasks
-from conftest import leftover_children, wait_for_pid_file, wait_until
+from conftest import gone, leftover_children, wait_for_pid_file, wait_until
 
 from safepool import SafeProcessPoolExecutor, TaskTimeoutError
 
@@ -23,14 +21,6 @@ def _stdlib_helpers_running():
     with SafeProcessPoolExecutor(1) as ex:
         ex.submit(tasks.getpid).result()
 
-
-def gone(pid):
-    """True once ``pid`` has exited and been reaped by us."""
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() == psutil.STATUS_ZOMBIE and proc.ppid() != os.getpid()
-    except psutil.NoSuchProcess:
-        return True
 
 
 def settled(future):

@@ -2,12 +2,10 @@
 late results that are dropped and counted."""
 import dataclasses
 import logging
-import os
 
-import psutil
 import pytest
 import tasks
-from conftest import wait_for_pid_file, wait_until
+from conftest import gone, wait_for_pid_file, wait_until
 
 from safepool import PoolStats, SafeProcessPoolExecutor, TaskTimeoutError, WorkerLostError
 
@@ -19,14 +17,6 @@ def _stdlib_helpers_running():
     with SafeProcessPoolExecutor(1) as ex:
         ex.submit(tasks.getpid).result()
 
-
-def gone(pid):
-    """True once ``pid`` has exited and been reaped by us."""
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() == psutil.STATUS_ZOMBIE and proc.ppid() != os.getpid()
-    except psutil.NoSuchProcess:
-        return True
 
 
 class Records(logging.Handler):
