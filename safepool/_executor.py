@@ -99,14 +99,14 @@ class SafeFuture(Future):
         self.set_running_or_notify_cancel()
         self._invoke_callbacks()
         manager = self._manager_ref() if self._manager_ref is not None else None
-        if manager is not None:
-            task = self._task_ref() if state == RUNNING else None
+        if manager is None:
+            return True
+        if state == PENDING:
+            manager.count("cancelled")
+        else:  # running: the manager stops its worker (and counts it)
+            task = self._task_ref()
             if task is not None:
                 manager.request("cancel", task)
-            elif state == RUNNING:
-                pass  # its task is already settled: nothing left to stop
-            else:
-                manager.count("cancelled")
         return True
 
 
@@ -129,7 +129,9 @@ class SafeProcessPoolExecutor(Executor):
         max_workers: worker processes at most; default: the CPUs this process may use,
             cgroup-aware (``loky.cpu_count()``).
         mp_context: a ``forkserver`` or ``spawn`` multiprocessing context; ``fork`` is refused.
-        initializer, initargs: called in each worker before its first task.
+        initializer: called as ``initializer(*initargs)`` in each worker before its first
+            task; if it raises in 3 workers in a row, the pool breaks with its exception.
+        initargs: the arguments for ``initializer``.
         max_tasks_per_child: replace a worker after this many tasks.
         task_timeout: seconds a task may run (from when it starts); then it fails with
             :class:`~safepool.TaskTimeoutError` and its worker is stopped and replaced.
