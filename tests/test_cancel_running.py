@@ -8,30 +8,11 @@ import asyncio
 import os
 from concurrent.futures import CancelledError
 
-import psutil
 import pytest
 import tasks
-from conftest import wait_for_pid_file, wait_until
+from conftest import gone, wait_for_pid_file, wait_until
 
 from safepool import SafeProcessPoolExecutor
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stdlib_helpers_running():
-    # The forkserver and resource tracker (and their descriptors) live as long as the
-    # interpreter: start them before clean_process counts descriptors.
-    with SafeProcessPoolExecutor(1) as ex:
-        ex.submit(tasks.getpid).result()
-
-
-def gone(pid):
-    """True once ``pid`` has exited and been reaped (a zombie re-parented away from us counts
-    as gone: reaping it is no longer ours to do)."""
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() == psutil.STATUS_ZOMBIE and proc.ppid() != os.getpid()
-    except psutil.NoSuchProcess:
-        return True
 
 
 def force_shutdown(ex):

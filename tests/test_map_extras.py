@@ -11,14 +11,6 @@ import safepool._manager
 from safepool import SafeProcessPoolExecutor
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _stdlib_helpers_running():
-    # The forkserver and resource tracker (and their descriptors) live as long as the
-    # interpreter: start them before clean_process counts descriptors.
-    with SafeProcessPoolExecutor(1) as ex:
-        ex.submit(tasks.getpid).result()
-
-
 class Counted:
     """An iterator that counts how many items were taken from it."""
 

@@ -15,13 +15,6 @@ from safepool import SafeProcessPoolExecutor, TaskTimeoutError
 MB = 1024 * 1024
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _stdlib_helpers_running():
-    # The forkserver and resource tracker (and their descriptors) live as long as the
-    # interpreter: start them before clean_process counts descriptors.
-    with SafeProcessPoolExecutor(1) as ex:
-        ex.submit(tasks.getpid).result()
-
 
 
 @pytest.mark.timeout(60)

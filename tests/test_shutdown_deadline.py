@@ -14,15 +14,6 @@ from conftest import gone, leftover_children, wait_for_pid_file, wait_until
 from safepool import SafeProcessPoolExecutor, TaskTimeoutError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _stdlib_helpers_running():
-    # The forkserver and resource tracker (and their descriptors) live as long as the
-    # interpreter: start them before clean_process counts descriptors.
-    with SafeProcessPoolExecutor(1) as ex:
-        ex.submit(tasks.getpid).result()
-
-
-
 def settled(future):
     """Done, and either cancelled or failed: never a result, never pending."""
     return future.done() and (future.cancelled() or future.exception() is not None)

@@ -10,15 +10,6 @@ from conftest import gone, wait_for_pid_file, wait_until
 from safepool import PoolStats, SafeProcessPoolExecutor, TaskTimeoutError, WorkerLostError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _stdlib_helpers_running():
-    # The forkserver and resource tracker (and their descriptors) live as long as the
-    # interpreter: start them before clean_process counts descriptors.
-    with SafeProcessPoolExecutor(1) as ex:
-        ex.submit(tasks.getpid).result()
-
-
-
 class Records(logging.Handler):
     """Collects the safepool logger's records, from whichever thread logs them."""
 

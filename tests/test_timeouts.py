@@ -7,7 +7,6 @@ starts when the task starts running. Real processes and signals only.
 import asyncio
 import concurrent.futures
 import inspect
-import os
 import statistics
 import time
 from concurrent.futures import wait
@@ -15,27 +14,9 @@ from concurrent.futures import wait
 import psutil
 import pytest
 import tasks
-from conftest import wait_for_pid_file, wait_until
+from conftest import gone, wait_for_pid_file, wait_until
 
 from safepool import SafeProcessPoolExecutor, TaskTimeoutError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stdlib_helpers_running():
-    # The forkserver and resource tracker live as long as the interpreter (their descriptors
-    # too): start them before clean_process counts descriptors.
-    with SafeProcessPoolExecutor(1) as ex:
-        ex.submit(tasks.getpid).result()
-
-
-def gone(pid):
-    """True once ``pid`` has exited and been reaped (a zombie re-parented away from us counts
-    as gone: its reaping is no longer ours to do)."""
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() == psutil.STATUS_ZOMBIE and proc.ppid() != os.getpid()
-    except psutil.NoSuchProcess:
-        return True
 
 
 def alive(pid):
