@@ -6,7 +6,6 @@ here only append to its queues and wake it up.
 import itertools
 import pickle
 import signal
-import sys
 import threading
 import weakref
 from concurrent.futures import Executor, Future
@@ -377,7 +376,3 @@ def _check_positive(name: str, value) -> None:
                         f" or None, not {type(value).__name__}")
     if value <= 0:
         raise ValueError(f"{name} must be > 0 or None, not {value!r}")
-
-
-if sys.version_info < (3, 8):  # pragma: no cover
-    raise ImportError("safepool needs Python 3.8 or newer")

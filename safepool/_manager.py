@@ -362,7 +362,7 @@ class PoolManager:
         buffers: List[bytes] = [b""]
         size = 0
         for task in batch:
-            buffers.append(P.encode_task(task.id, task.payload))
+            buffers.append(P.task_frame_header(task.id, task.payload))
             buffers.append(task.payload)
             size += P.TASK_FRAME.size + len(task.payload)
         buffers[0] = P.TO_WORKER.pack(size, P.TASKS)

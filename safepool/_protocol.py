@@ -43,8 +43,8 @@ BAD_TASK = 14
 FROM_WORKER = struct.Struct("!QBQQ")
 
 
-def encode_task(task_id: int, payload: bytes) -> bytes:
-    """One task frame: its id and length, then the pickled (fn, args, kwargs)."""
+def task_frame_header(task_id: int, payload: bytes) -> bytes:
+    """The header of one task frame: its id and the length of the payload that follows."""
     return TASK_FRAME.pack(task_id, len(payload))
 
 
