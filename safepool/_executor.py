@@ -36,6 +36,7 @@ def _at_exit() -> None:
         manager.request("shutdown")
     for manager in managers:
         manager.finished.wait()
+        _join_finished(manager)
 
 
 if hasattr(threading, "_register_atexit"):  # 3.9+: runs before non-daemon threads are joined
@@ -44,6 +45,13 @@ else:  # pragma: no cover - Python 3.8
     import atexit
 
     atexit.register(_at_exit)
+
+
+def _join_finished(manager: PoolManager) -> None:
+    """After ``finished`` is set the manager thread only has to return: let it, so that
+    shutdown(wait=True) leaves no safepool thread behind, as the stdlib's leaves none."""
+    if manager.finished.is_set():
+        manager.thread.join(_STOP_BOUND)
 
 
 def default_max_workers() -> int:
@@ -299,9 +307,11 @@ class SafeProcessPoolExecutor(Executor):
         # finished on Python 3.9-3.12 (CPython gh-90882) and later joins stop waiting.
         try:
             if finished.wait(timeout):
+                _join_finished(manager)
                 return True
             manager.request("abort", f"shutdown(timeout={timeout:g}) expired", signal.SIGTERM)
             finished.wait(_STOP_BOUND)
+            _join_finished(manager)
             return False
         except KeyboardInterrupt:
             # Ctrl-C while waiting: stop everything now rather than hang on running tasks.
