@@ -121,10 +121,10 @@ def executor_factory(name):
         else:
             kwargs = {}
 
+        executor_class = safepool.SafeProcessPoolExecutor  # loads the package's modules now
+
         def make():
-            return FuturesAdapter(
-                safepool.SafeProcessPoolExecutor(max_workers=MAX_WORKERS, **kwargs)
-            )
+            return FuturesAdapter(executor_class(max_workers=MAX_WORKERS, **kwargs))
 
         return make
     if name.startswith("loky"):

@@ -41,6 +41,8 @@ from .errors import (
 )
 
 log = logging.getLogger("safepool")
+# Silent by default: the application decides where safepool's warnings go.
+log.addHandler(logging.NullHandler())
 
 #: Workers that die before taking a task (a failing initializer, a broken environment), this
 #: many times in a row, break the pool instead of being respawned forever.

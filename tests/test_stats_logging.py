@@ -2,10 +2,12 @@
 late results that are dropped and counted."""
 import dataclasses
 import logging
+import subprocess
 
 import pytest
 import tasks
 from conftest import gone, wait_for_pid_file, wait_until
+from hardening_helpers import PYTHON, script_env, write_script
 
 from safepool import PoolStats, SafeProcessPoolExecutor, TaskTimeoutError, WorkerLostError
 
@@ -181,9 +183,31 @@ def test_stats_and_info_log_after_a_recycle(clean_process, safepool_log):
         ex.submit(tasks.getpid).result(timeout=20)
 
 
-def test_logger_is_silent_by_default():
-    logger = logging.getLogger("safepool")
-    assert any(isinstance(h, logging.NullHandler) for h in logger.handlers)
+SILENT_CRASH = """
+    import os, signal, sys
+    import tasks
+    from safepool import SafeProcessPoolExecutor, WorkerLostError
+
+    if __name__ == "__main__":
+        with SafeProcessPoolExecutor(1) as ex:
+            f = ex.submit(tasks.kill_self, signal.SIGKILL)
+            assert isinstance(f.exception(timeout=30), WorkerLostError)
+            assert ex.submit(tasks.square, 3).result(timeout=30) == 9
+        print("done")
+"""
+
+
+@pytest.mark.timeout(90)
+def test_logger_is_silent_by_default(tmp_path):
+    """A lost worker is a WARNING on the 'safepool' logger; with no logging configured, the
+    application's stderr must stay clean (without a NullHandler, logging's last-resort
+    handler would print it)."""
+    script = write_script(tmp_path, SILENT_CRASH)
+    proc = subprocess.run([PYTHON, script], env=script_env(), capture_output=True, text=True,
+                          timeout=80)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "done"
+    assert proc.stderr == "", proc.stderr
 
 
 @pytest.mark.timeout(60)
