@@ -150,17 +150,23 @@ def test_cancelled_task_waiting_in_a_workers_pipe_never_runs(clean_process, tmp_
 @pytest.mark.timeout(60)
 def test_task_cancelled_before_its_worker_is_ready_never_runs(clean_process, tmp_path):
     """The task was sent to a worker still in its initializer (the future is RUNNING), then
-    cancelled: when the worker becomes ready, it must not run it."""
+    cancelled: that worker is stopped, and its replacement must not run the task (the manager
+    puts unstarted tasks back in the queue; a cancelled one must be skipped there)."""
     release, pid_file = str(tmp_path / "release"), str(tmp_path / "pid")
+    init_pid_file = str(tmp_path / "init")
     ex = SafeProcessPoolExecutor(1, cancel_running=True, initializer=tasks.park_until_file,
-                                 initargs=(None, release))
+                                 initargs=(init_pid_file, release))
     try:
         f = ex.submit(tasks.park, pid_file)
+        starting = int(wait_for_pid_file(init_pid_file))
         wait_until(f.running, 20, message="the task to be sent to the starting worker")
         assert f.cancel() is True and f.cancelled()
-        open(release, "w").close()  # the worker's initializer returns: it is ready
+        # cancel() returns before the worker is stopped: release the initializer only once it
+        # is, or the worker could start the task in between (cancel() is asynchronous).
+        wait_until(lambda: gone(starting), 20, message="the starting worker to be stopped")
+        open(release, "w").close()  # the replacement's initializer returns at once
         # One worker: if the cancelled park() ran, this would wait 600 s.
-        assert ex.submit(tasks.getpid).result(timeout=10)
+        assert ex.submit(tasks.getpid).result(timeout=10) != starting
         assert not os.path.exists(pid_file), "a cancelled task ran"
     finally:
         force_shutdown(ex)
