@@ -242,8 +242,10 @@ class SafeProcessPoolExecutor(Executor):
             # Checked again under the lock that shutdown() takes, so no task slips in after
             # the manager has decided it is done.
             self._check_open()
-            manager.pending.append(task)
             manager.accepted += 1
+            if self._started and manager.send_now(task):
+                return future
+            manager.pending.append(task)
             if not self._started:
                 self._started = True
                 _live_managers.add(manager)

@@ -186,8 +186,10 @@ def test_timeout_still_applies_on_a_worker_that_will_be_recycled(clean_process, 
 
 @pytest.mark.timeout(90)
 def test_measure_timeout_lateness(clean_process, tmp_path):
-    """How late after its deadline a timed-out future fails. Printed (run with -s), not asserted
-    beyond sanity: it never fails early, and never 5 s late."""
+    """How late after its deadline a timed-out future fails. Printed (run with -s); asserted
+    only loosely: never early, and a median far below the manager's 1 s liveness tick (a
+    deadline the manager did not know about would be noticed only at that tick, e.g. for a
+    task that submit() handed straight to an idle worker)."""
     timeout = 0.3
     late, reaped = [], []
     with SafeProcessPoolExecutor(1) as ex:
@@ -206,7 +208,7 @@ def test_measure_timeout_lateness(clean_process, tmp_path):
             late.append(failed_at[0] - t0 - timeout)
             reaped.append(t_reaped - t0 - timeout)
     assert min(late) >= 0, f"a future failed before its deadline: {late}"
-    assert statistics.median(late) < 5.0
+    assert statistics.median(late) < 0.25, f"timeouts noticed late: {late}"
     print(f"\n[timeout lateness] timeout={timeout}s, 10 runs, from submit() to the future failing, "
           f"minus the timeout: median {statistics.median(late) * 1000:.1f} ms, "
           f"min {min(late) * 1000:.1f} ms, max {max(late) * 1000:.1f} ms; "
