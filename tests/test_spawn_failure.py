@@ -12,7 +12,7 @@ from safepool import BrokenProcessPool, SafeProcessPoolExecutor
 @pytest.fixture
 def failing_spawns(monkeypatch):
     """Make the next N worker starts fail with EAGAIN, as fork() does at a pids limit."""
-    real = safepool._manager.WorkerProcess
+    real = safepool._process.WorkerProcess
     left = {"n": 0}
 
     def start(*args, **kwargs):
