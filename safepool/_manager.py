@@ -225,6 +225,8 @@ class PoolManager:
             self.starter = Starter(self.ctx, self.initializer, self.initargs,
                                    self.max_worker_memory is not None, self._on_started)
             while True:
+                # Tasks first: a command (cancel_futures) concerns every task submitted before it.
+                self._take_incoming()
                 self._drain_commands()
                 self._take_incoming()
                 if self._finished():
@@ -728,6 +730,7 @@ class PoolManager:
     def _cancel_futures(self) -> None:
         """shutdown(cancel_futures=True): cancel what is queued, take back what was sent and
         has not started, and cancel that too. Only what already runs goes on."""
+        self._take_incoming()
         while self.queue:
             self.ledger.cancel(self.queue.popleft())
         for w in self.workers.values():

@@ -6,6 +6,7 @@ import pytest
 import tasks
 
 import safepool._manager
+import safepool._process
 from safepool import BrokenProcessPool, SafeProcessPoolExecutor
 
 
@@ -21,7 +22,7 @@ def failing_spawns(monkeypatch):
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable (injected)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(safepool._manager, "WorkerProcess", start)
+    monkeypatch.setattr(safepool._process, "WorkerProcess", start)
     return left
 
 
