@@ -109,7 +109,7 @@ class PoolManager:
         self.avg_task_time: Optional[float] = None
         self.counts = dict.fromkeys(_COUNT_KEYS, 0)
         self.ledger = Ledger(self.counts)
-        self.gauges = (0, 0, 0)  # workers alive, workers busy, tasks running: published
+        self.gauges = (0, 0, ())  # workers alive, workers busy, tasks on workers: published
         self._next_liveness_check = 0.0
         self._nearest: Optional[float] = None
 
@@ -183,9 +183,12 @@ class PoolManager:
         c = dict(self.counts)
         for key in list(self.caller_events):
             c[key] += 1
-        alive, busy, running = self.gauges
-        # A read-only copy of the manager's queue (one C-level copy under the GIL).
+        alive, busy, active = self.gauges
+        # Read-only copies of the manager's queues (each one C-level copy under the GIL); a
+        # task's state and future are read as they are now, so that a published list that is
+        # a moment old counts no task twice.
         queued = sum(1 for t in [*self.queue, *self.incoming] if not t.future.done())
+        running = sum(1 for t in active if t.state in _ACTIVE and not t.future.done())
         return PoolStats(
             workers_alive=alive,
             workers_busy=busy,
@@ -314,11 +317,13 @@ class PoolManager:
 
     def _publish_gauges(self) -> None:
         workers = list(self.workers.values())
-        self.gauges = (
-            len(workers),
-            sum(1 for w in workers if w.running is not None or w.sent),
-            sum((w.running is not None) + len(w.sent) for w in workers),
-        )
+        active = []
+        for w in workers:
+            if w.running is not None:
+                active.append(w.running)
+            active.extend(w.sent)
+        self.gauges = (len(workers), sum(1 for w in workers if w.running is not None or w.sent),
+                       tuple(active))
 
     # ---- starting workers ------------------------------------------------------------------
 
@@ -881,6 +886,9 @@ class PoolManager:
             os.close(self._wake_r)
             os.close(self._wake_w)
         self.finished.set()
+
+
+_ACTIVE = (TaskState.SENT, TaskState.STARTED)
 
 
 class _Key:

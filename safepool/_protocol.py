@@ -147,7 +147,7 @@ def dump_exception(exc: BaseException, what: str) -> bytes:
     """
     tb = format_remote(exc)
     try:
-        return dumps(RemoteException(exc, tb))
+        return bytes(dumps(RemoteException(exc, tb)))  # bytes: map's chunks carry it in a tuple
     except BaseException as pickle_error:  # noqa: B036 - any failure here must still report
         from .errors import TaskPicklingError
 
