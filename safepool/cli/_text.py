@@ -20,11 +20,11 @@ def terminal_width() -> int:
 
 def wrap(text: str, width: int, indent: str = "", first: str = "") -> List[str]:
     """``text`` wrapped to ``width`` columns; the first line starts with ``first`` (padded to
-    the indent's length), the others with ``indent``. Words longer than a line are split
-    (paths, platform strings) rather than allowed to overflow."""
+    the indent's length), the others with ``indent``. A word longer than a line (a path) is
+    never split, so that it can be copied: it gets a line of its own and overflows."""
     lead = first.ljust(len(indent)) if first else indent
     lines = textwrap.wrap(text, width, initial_indent=lead, subsequent_indent=indent,
-                          break_on_hyphens=False, break_long_words=True)
+                          break_on_hyphens=False, break_long_words=False)
     return lines or [lead.rstrip()]
 
 
