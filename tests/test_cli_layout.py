@@ -119,8 +119,11 @@ class LateFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(name, base + ".py")
 
 sys.meta_path.append(LateFinder())
-sys.path[:] = [os.getcwd()] + [p for p in sys.path
-                               if p and os.path.realpath(p) != os.path.realpath(root)]
+# No other copy of safepool on the path (tox installs one in site-packages): only the
+# current folder's, and the libraries the commands import, from a folder of links.
+sys.path[:] = ([os.getcwd()]
+               + [p for p in sys.path if p and not os.path.isdir(os.path.join(p, "safepool"))]
+               + [os.environ["SAFEPOOL_TEST_DEPS"]])
 import safepool
 assert getattr(safepool, "__file__", None) is None, "the shadow did not happen"
 from safepool.cli import main
@@ -131,10 +134,22 @@ sys.exit(main(sys.argv[1:]))
 @pytest.fixture
 def shadowing_folder(tmp_path, monkeypatch):
     """A folder named safepool without __init__.py, as a checkout is, in the current dir."""
+    import importlib.util
+
     (tmp_path / "safepool").mkdir()
     (tmp_path / "safepool" / "README.md").write_text("a checkout\n")
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    for name in ("psutil", "loky", "cloudpickle"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            os.symlink(list(spec.submodule_search_locations)[0], str(deps / name))
     monkeypatch.setenv("SAFEPOOL_TEST_ROOT", ROOT)
-    return tmp_path
+    monkeypatch.setenv("SAFEPOOL_TEST_DEPS", str(deps))
+    cwd = tmp_path / "cwd"  # the folder that contains the "checkout"
+    cwd.mkdir()
+    os.rename(str(tmp_path / "safepool"), str(cwd / "safepool"))
+    return cwd
 
 
 @pytest.mark.timeout(60)
