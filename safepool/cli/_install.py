@@ -4,10 +4,11 @@ The trap this catches: run Python from the folder that *contains* a safepool che
 (``~/src`` holding ``~/src/safepool``) and ``import safepool`` can find the checkout folder
 itself. It has no ``__init__.py``, so Python imports it as an empty namespace package, and
 ``from safepool import SafeProcessPoolExecutor`` fails with "cannot import name ... (unknown
-location)". An editable install made by a safepool older than 0.1.0's packaging fix is
-exposed to it, because setuptools then finds the real package only after every ``sys.path``
-entry (including the current folder) came up empty. Another copy of safepool earlier on
-``sys.path`` (a stale checkout on ``PYTHONPATH``) is the same problem with a different cause.
+location)". An editable install made before setup.cfg set ``package_dir`` is exposed to it:
+setuptools then finds the real package with an import hook that runs only after every
+``sys.path`` entry (the current folder included) came up empty. Another copy of safepool
+earlier on ``sys.path`` (a stale checkout on ``PYTHONPATH``) is the same problem with a
+different cause.
 """
 import os
 import sys
