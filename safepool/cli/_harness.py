@@ -207,9 +207,12 @@ def started_by(pid: int) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
-    """``TypeName: first line of the message``, short enough for a table cell."""
-    text = str(exc).strip().splitlines()
-    return "%s: %s" % (type(exc).__name__, text[0][:160] if text else "")
+    """``TypeName: first line of the message``, cut at a word (with "...") past 160 chars."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > 160:
+        text = text[:160].rsplit(" ", 1)[0].rstrip(" ,;:(") + " ..."
+    return "%s: %s" % (type(exc).__name__, text)
 
 
 def tally(futures: List[concurrent.futures.Future], timeout: float) -> Dict[str, Any]:
