@@ -4,7 +4,7 @@ Every process, pipe and task table belongs to the manager thread (``_manager.py`
 here only append to its queues and wake it up.
 """
 import itertools
-import pickle
+import os
 import signal
 import threading
 import weakref
@@ -15,11 +15,12 @@ from multiprocessing.context import BaseContext
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from . import _map
-from ._manager import PoolManager, Task
+from ._ledger import Task
+from ._manager import PoolManager
 from ._process import resolve_context
-from ._protocol import PROTOCOL
+from ._protocol import dumps
 from ._stats import PoolStats
-from .errors import TaskPicklingError
+from .errors import pickling_error
 
 # Managers still running, to shut down at interpreter exit (weakly held: a garbage-collected
 # executor shuts its manager down by itself).
@@ -31,12 +32,24 @@ def _at_exit() -> None:
     """At interpreter exit, finish queued work and reap every worker, as the stdlib does."""
     global _interpreter_exiting
     _interpreter_exiting = True
-    managers = list(_live_managers)
+    managers = [m for m in _live_managers if m.owner_pid == os.getpid()]
     for manager in managers:
         manager.request("shutdown")
     for manager in managers:
         manager.finished.wait()
         _join_finished(manager)
+
+
+def _after_fork_in_child() -> None:
+    """A process forked from ours (gunicorn --preload, celery prefork, a library's os.fork())
+    holds a copy of every pool. It must never write into our workers nor hold their lifelines
+    open: each pool lets go of its pipes there and refuses new work with a clear error."""
+    for manager in list(_live_managers):
+        manager.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 if hasattr(threading, "_register_atexit"):  # 3.9+: runs before non-daemon threads are joined
@@ -50,7 +63,7 @@ else:  # pragma: no cover - Python 3.8
 def _join_finished(manager: PoolManager) -> None:
     """After ``finished`` is set the manager thread only has to return: let it, so that
     shutdown(wait=True) leaves no safepool thread behind, as the stdlib's leaves none."""
-    if manager.finished.is_set():
+    if manager.finished.is_set() and manager.thread is not None:
         manager.thread.join(_STOP_BOUND)
 
 
@@ -90,6 +103,30 @@ class SafeFuture(Future):
             if self._state == CANCELLED_AND_NOTIFIED:
                 return False  # cancel() told the waiters already
             return super().set_running_or_notify_cancel()
+
+    def _cancel_claimed(self) -> bool:
+        """Cancel a future the pool claimed (RUNNING) for a task that never started: taken
+        back from its worker after shutdown(cancel_futures=True) or an abandoned map().
+        Called by the manager thread, under no safepool lock."""
+        with self._condition:
+            if self._state != RUNNING:
+                return False
+            self._state = CANCELLED
+            self._condition.notify_all()
+        self.set_running_or_notify_cancel()
+        self._invoke_callbacks()
+        return True
+
+    def _withdraw(self) -> None:
+        """Cancel this future, or, if a worker already holds its task, have the task taken
+        back and the future cancelled unless it has started. Never blocks, takes no lock
+        (an abandoned map()'s finalizer calls it, maybe from inside a GC pass)."""
+        if self.cancel() or self.done():
+            return
+        manager = self._manager_ref() if self._manager_ref is not None else None
+        task = self._task_ref() if self._task_ref is not None else None
+        if manager is not None and task is not None:
+            manager.request("withdraw", [task])
 
     def cancel(self) -> bool:
         with self._condition:
@@ -224,15 +261,15 @@ class SafeProcessPoolExecutor(Executor):
         future._cancel_running = self._cancel_running
         name = _task_name(fn)
         try:
-            payload = pickle.dumps((fn, args, kwargs), PROTOCOL)
+            payload = dumps((fn, args, kwargs))
         except Exception as exc:
-            # The stdlib reports this on the future, not at submit(): so do we.
-            err = TaskPicklingError(
+            # The stdlib reports this on the future, not at submit(): so do we, with an error
+            # that is still the original type (except TypeError catches "cannot pickle ...").
+            future.set_exception(pickling_error(
                 f"could not pickle the task {name} to send it to a worker: "
-                f"{type(exc).__name__}: {exc}. The function must be importable by name (defined "
-                "at module level, not a lambda or nested function) and every argument picklable.")
-            err.__cause__ = exc
-            future.set_exception(err)
+                f"{type(exc).__name__}: {exc}. The function must be importable by name "
+                "(defined at module level, not a lambda or nested function) and every "
+                "argument picklable.", exc))
             manager.count("submitted")
             manager.count("failed")
             return future
@@ -242,18 +279,35 @@ class SafeProcessPoolExecutor(Executor):
             # Checked again under the lock that shutdown() takes, so no task slips in after
             # the manager has decided it is done.
             self._check_open()
-            manager.accepted += 1
-            if self._started and manager.send_now(task):
-                return future
-            manager.pending.append(task)
             if not self._started:
-                self._started = True
-                _live_managers.add(manager)
-                manager.start()
-        manager.wakeup()
+                self._start_manager()
+        if not manager.take(task):
+            # The manager ended between the check and now (a fault broke the pool).
+            self._check_open()
+            raise RuntimeError("cannot schedule new futures after shutdown")
         return future
 
+    def _start_manager(self) -> None:
+        """Start the manager thread (under _shutdown_lock). If it cannot start (a thread or
+        descriptor limit), submit() raises and a later submit() tries again."""
+        manager = self._manager
+        try:
+            manager.start()
+        except Exception as exc:
+            raise RuntimeError(
+                f"safepool could not start its manager thread: {type(exc).__name__}: {exc}. "
+                "This is usually a limit on threads or open files (ulimit -u / -n, a "
+                "container's pids limit); nothing was submitted, and submit() can be retried."
+            ) from exc
+        self._started = True
+        _live_managers.add(manager)
+
     def _check_open(self) -> None:
+        if self._manager.owner_pid != os.getpid():
+            raise RuntimeError(
+                f"this SafeProcessPoolExecutor belongs to process {self._manager.owner_pid}; "
+                "a process forked from it cannot use it (its workers and pipes are the "
+                "parent's). Create a new executor in the child.")
         broken = self._manager.broken
         if broken is not None:
             raise BrokenProcessPool(str(broken)) from broken
@@ -287,30 +341,34 @@ class SafeProcessPoolExecutor(Executor):
                  timeout: Optional[float] = None) -> bool:
         """Stop accepting tasks, then stop and reap the workers once their work is done.
 
-        ``cancel_futures`` cancels queued tasks that have not started. With ``timeout``
-        (seconds; needs ``wait=True``), work still running when it expires is stopped through
-        the stop ladder and its futures fail. Returns True when everything finished (in time),
-        False otherwise. Safe to call twice, from any thread, and from a done-callback.
+        ``cancel_futures`` cancels every task that has not started, including those already
+        sent to a worker (they are taken back). With ``timeout`` (seconds; needs
+        ``wait=True``), work still running when it expires is stopped through the stop ladder
+        and its futures fail. Returns True when everything finished (in time), False
+        otherwise. Safe to call twice, from any thread, and from a done-callback.
         """
         _check_positive("timeout", timeout)
         manager = self._manager
+        if manager.owner_pid != os.getpid():
+            return False  # a forked child: the pool is the parent's (see _after_fork_in_child)
         with self._shutdown_lock:
             self._shutdown_thread = True
-            if cancel_futures:
-                self._cancel_pending()
-            if not self._started:
-                return True
-        manager.request("shutdown")
+            started = self._started
+        if not started:
+            return True
+        # Requests only: the manager cancels futures (and so runs their done-callbacks) on its
+        # own thread, with no lock of ours held, so a callback may call shutdown() too.
+        manager.request("cancel_futures" if cancel_futures else "shutdown")
         finished = manager.finished
         if not wait or threading.current_thread() is manager.thread:
             # From a done-callback we run on the manager thread: waiting would wait for us.
-            return finished.is_set()
+            return finished.is_set() and not manager.faulted
         # An Event, not thread.join(): a join interrupted by Ctrl-C marks the thread as
         # finished on Python 3.9-3.12 (CPython gh-90882) and later joins stop waiting.
         try:
             if finished.wait(timeout):
                 _join_finished(manager)
-                return True
+                return not manager.faulted
             manager.request("abort", f"shutdown(timeout={timeout:g}) expired", signal.SIGTERM)
             finished.wait(_STOP_BOUND)
             _join_finished(manager)
@@ -321,22 +379,11 @@ class SafeProcessPoolExecutor(Executor):
             finished.wait(_STOP_BOUND)
             raise
 
-    def _cancel_pending(self) -> None:
-        pending = self._manager.pending
-        kept = []
-        while pending:
-            try:
-                task = pending.popleft()
-            except IndexError:  # the manager took the last one
-                break
-            if not task.future.cancel():
-                kept.append(task)  # sent to a worker once already: not cancellable
-        pending.extendleft(reversed(kept))
-
     def terminate_workers(self) -> None:
         """Stop every worker now with SIGTERM (then SIGKILL of its tree); shut down.
 
-        Queued tasks are cancelled; running ones fail with WorkerLostError. (Python 3.14 API.)
+        Tasks that have not started are cancelled; running ones fail with WorkerLostError.
+        (Python 3.14 API.)
         """
         self._force_stop("terminate_workers() was called", signal.SIGTERM)
 
@@ -345,12 +392,13 @@ class SafeProcessPoolExecutor(Executor):
         self._force_stop("kill_workers() was called", signal.SIGKILL)
 
     def _force_stop(self, reason: str, sig: int) -> None:
+        if self._manager.owner_pid != os.getpid():
+            return
         with self._shutdown_lock:
             self._shutdown_thread = True
-            self._cancel_pending()
-            if not self._started:
-                return
-        self._manager.request("abort", reason, sig)
+            started = self._started
+        if started:
+            self._manager.request("abort", reason, sig)
 
     def stats(self) -> PoolStats:
         """An immutable snapshot of workers and tasks: see :class:`~safepool.PoolStats`."""
@@ -368,7 +416,8 @@ class SafeProcessPoolExecutor(Executor):
 
     @property
     def _processes(self) -> Dict[int, Any]:
-        return {pid: w.proc.process for pid, w in list(self._manager.workers.items())}
+        workers = dict(self._manager.workers)  # one C-level copy: the manager owns the dict
+        return {pid: w.proc.process for pid, w in workers.items()}
 
     @property
     def _broken(self):

@@ -125,6 +125,13 @@ def _yield_results(future, chunked: bool, tracker, end: Optional[float] = None):
         raise pickle.loads(error)
 
 
+def _abandon(futures) -> None:
+    """The iterator was closed or dropped: cancel what has not started, including tasks a
+    worker holds and has not started (taken back, then cancelled)."""
+    for future in futures:
+        future._withdraw()
+
+
 def map_ordered(executor, fn: Callable, iterables, *, timeout: Optional[float], chunksize: int,
                 buffersize: Optional[int], progress: Any) -> Iterator:
     validate(chunksize, buffersize)
@@ -145,8 +152,7 @@ def _ordered(futures, items, submit, buffersize, end, chunked, tracker):
                     futures.append(submit(item))
             yield from _yield_results(futures.popleft(), chunked, tracker, end)
     finally:
-        for future in futures:
-            future.cancel()
+        _abandon(futures)
         if tracker is not None:
             tracker.close()
 
@@ -189,7 +195,6 @@ def _unordered(in_flight, finished, items, submit, buffersize, end, chunked, tra
             del future  # only the generator holds it now, and it lets go before yielding
             yield from results
     finally:
-        for future in in_flight:
-            future.cancel()
+        _abandon(in_flight)
         if tracker is not None:
             tracker.close()

@@ -1,12 +1,15 @@
 """Worker processes: the start-method policy, starting one, and stopping one for good.
 
-Everything here is called from the manager thread only.
+``WorkerProcess`` objects are created on the starter thread (``Starter``) and then belong to
+the manager thread alone.
 """
 import fcntl
 import multiprocessing
 import os
+import queue
 import signal
 import sys
+import threading
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import List, Optional
@@ -81,6 +84,11 @@ class WorkerProcess:
         os.set_blocking(self.task_fd, False)
         os.set_blocking(self.result_fd, False)
 
+    def forget_in_forked_child(self) -> None:
+        """In a child forked from the pool's process: this worker is not the child's to join
+        (multiprocessing's exit handler would otherwise wait on it)."""
+        multiprocessing.process._children.discard(self.process)
+
     def descendants(self) -> List:
         """psutil handles of every process this worker started, found before it is killed.
 
@@ -123,6 +131,44 @@ class WorkerProcess:
             except OSError:
                 pass
         return exitcode
+
+
+class Starter:
+    """Starts worker processes on a thread of its own, off the manager's path.
+
+    ``Process.start()`` can take long: under spawn it writes the pickled initializer and
+    initargs into the child, which reads them only after importing the main module; a child
+    hung in that import would hang the start forever. On the manager thread that froze every
+    result, timeout and shutdown of the pool. Here it delays only the new worker.
+    Each start reports back through ``report(proc, error)`` (one of them is None).
+    """
+
+    def __init__(self, ctx: BaseContext, initializer, initargs, measure_rss: bool, report):
+        self._args = (ctx, initializer, initargs, measure_rss)
+        self._report = report
+        self._requests: "queue.SimpleQueue" = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="safepool-starter", daemon=True)
+
+    def start_one(self) -> None:
+        if not self.thread.is_alive() and self.thread.ident is None:
+            self.thread.start()
+        self._requests.put(True)
+
+    def close(self, bound: float) -> None:
+        """Let the thread end after the starts already asked for; wait up to ``bound``."""
+        if self.thread.ident is None:
+            return
+        self._requests.put(None)
+        self.thread.join(bound)
+
+    def _run(self) -> None:
+        while self._requests.get() is not None:
+            try:
+                proc = WorkerProcess(*self._args)
+            except BaseException as exc:  # noqa: B036 - reported, and counted as a failed start
+                self._report(None, exc)
+            else:
+                self._report(proc, None)
 
 
 #: Linux's F_SETPIPE_SZ (Python has the name only from 3.10), and the size we ask for.

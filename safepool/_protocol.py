@@ -4,24 +4,29 @@ Each worker has two pipes of its own (no lock shared with any other process), so
 dies at any instruction can corrupt only its own pipes, never another worker's.
 
 Parent -> worker, one message:  ``!QB`` (body length, kind) + body
-    TASKS  body: one or more task frames, each ``!QI`` (task id, payload length) + payload,
-           where payload is ``pickle((fn, args, kwargs))``. Several queued tasks travel in one
-           message when the queue is deep, which saves system calls per task.
-    STOP   body: empty. The worker exits after the tasks sent before it.
+    TASKS   body: one or more task frames, each ``!QQ`` (task id, payload length) + payload,
+            where payload is ``ForkingPickler((fn, args, kwargs))``. Several queued tasks travel
+            in one message when the queue is deep, which saves system calls per task.
+    REVOKE  body: task ids (``!Q`` each). The worker takes back those it has not started and
+            answers REVOKED with the ones it took back.
+    STOP    body: empty. The worker exits after the tasks sent before it.
 
 Worker -> parent, one message per event:  ``!QBQQ`` (payload length, kind, task id, rss) + payload
     READY        the initializer succeeded; tasks that arrive from now on may start.
-    INIT_FAILED  payload: the initializer's exception (see ``wrap_exception``).
+    INIT_FAILED  payload: the initializer's exception (see ``dump_exception``).
+    STARTED      the worker is about to run this task (before it even unpickles it). A task
+                 whose STARTED never arrived never ran any of its code: it may be resent.
     RESULT       payload: the task's return value.
     ERROR        payload: the task's exception.
     BAD_TASK     payload: why the task could not be unpickled in the worker.
+    REVOKED      payload: the ids (``!Q`` each) of the tasks taken back, never to start here.
 The task id travels outside the pickle so that a payload which cannot be unpickled still names
-its task, and only that task fails.
+its task, and only that task fails. Lengths are 64-bit: a 4 GiB argument is not a corrupt frame.
 """
 import os
 import pickle
 import struct
-from typing import Iterator, List, Tuple
+from typing import Iterable, Iterator, List, Tuple
 
 # Workers import this module, so it imports only what every task needs. traceback and
 # safepool.errors (which pulls in concurrent.futures and logging) load when a task first
@@ -32,8 +37,9 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 # Parent -> worker
 TASKS = 1
 STOP = 2
+REVOKE = 3
 TO_WORKER = struct.Struct("!QB")
-TASK_FRAME = struct.Struct("!QI")
+TASK_FRAME = struct.Struct("!QQ")
 
 # Worker -> parent
 READY = 10
@@ -41,7 +47,24 @@ INIT_FAILED = 11
 RESULT = 12
 ERROR = 13
 BAD_TASK = 14
+STARTED = 15
+REVOKED = 16
 FROM_WORKER = struct.Struct("!QBQQ")
+WORKER_KINDS = frozenset((READY, INIT_FAILED, RESULT, ERROR, BAD_TASK, STARTED, REVOKED))
+
+#: A frame from a worker longer than this is corrupt (or hostile), not a result: 1 TiB.
+MAX_FRAME = 1 << 40
+
+ID = struct.Struct("!Q")
+
+
+def dumps(obj) -> memoryview:
+    """Pickle as the stdlib's pool does: with multiprocessing's ForkingPickler, so that
+    Connections, sockets and whatever is registered with ``ForkingPickler.register()``
+    (torch.multiprocessing's tensors, say) travel as they would with ProcessPoolExecutor."""
+    from multiprocessing.reduction import ForkingPickler
+
+    return ForkingPickler.dumps(obj, PROTOCOL)  # a view of its buffer: no copy
 
 
 def task_frame_header(task_id: int, payload: bytes) -> bytes:
@@ -58,6 +81,14 @@ def iter_task_frames(body: memoryview) -> Iterator[Tuple[int, memoryview]]:
         pos += size
         yield task_id, body[pos:pos + length]
         pos += length
+
+
+def pack_ids(ids: Iterable[int]) -> bytes:
+    return b"".join(ID.pack(i) for i in ids)
+
+
+def unpack_ids(body) -> List[int]:
+    return [i for (i,) in ID.iter_unpack(bytes(body))]
 
 
 def write_all(fd: int, buffers: List[bytes]) -> None:
@@ -116,7 +147,7 @@ def dump_exception(exc: BaseException, what: str) -> bytes:
     """
     tb = format_remote(exc)
     try:
-        return pickle.dumps(RemoteException(exc, tb), PROTOCOL)
+        return dumps(RemoteException(exc, tb))
     except BaseException as pickle_error:  # noqa: B036 - any failure here must still report
         from .errors import TaskPicklingError
 

@@ -2,12 +2,13 @@
 
 Runs in a child started by forkserver or spawn. Keep imports light: every worker pays for them.
 """
+import collections
 import os
 import pickle
 import signal
 import sys
 import threading
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
 
 from . import _protocol as P
 
@@ -81,45 +82,163 @@ def _arm_lifeline_in_kernel(lifeline_fd: int) -> None:
         pass  # the watching thread still works
 
 
+def become_subreaper() -> None:
+    """Linux: adopt our orphaned descendants, so that nothing a task started can escape us.
+
+    A task's daemon that double-forks, or a child started with ``start_new_session=True``,
+    leaves our process group; without this it is re-parented to init and outlives the pool.
+    As a child subreaper we inherit such orphans, and kill them all when we exit.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except Exception:  # no prctl: process-group kill still covers the common case
+        pass
+
+
+def kill_descendants() -> None:
+    """SIGKILL every child (as a subreaper, adopted orphans too) and reap it, level by level:
+    nothing a task started outlives its worker, even after a clean STOP."""
+    # Killing a child re-parents its own children to us before waitpid() returns: go again.
+    for _ in range(10):  # orphans may be re-parented to us while we kill their parents
+        pids = _child_pids()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+
+
+def _child_pids() -> List[int]:
+    pids: List[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(p) for p in f.read().split())
+    except OSError:
+        return pids
+    return pids
+
+
 def _rss() -> int:
     import psutil  # only workers that recycle by memory pay for the import
 
     return psutil.Process().memory_info().rss
 
 
-class _Channel:
-    """The worker's ends of its two pipes. Only the main thread uses them."""
+class _Inbox:
+    """Tasks sent to this worker and not started yet, shared by the intake and main threads.
+
+    The intake thread alone reads the task pipe; the main thread alone runs tasks. Under
+    ``cond``, a task either leaves the inbox to start (the main thread says STARTED) or is
+    taken back (the intake thread says REVOKED), never both: "started" is the worker's own
+    word, and a task the parent hears no STARTED for never ran any of its code.
+    """
 
     def __init__(self, task_fd: int, result_fd: int):
-        self.reader = os.fdopen(task_fd, "rb", buffering=1 << 16)
+        self.task_fd = task_fd
         self.result_fd = result_fd
+        self.cond = threading.Condition(threading.Lock())
+        self.send_lock = threading.Lock()  # whole messages on the result pipe; after cond
+        self.queue: Deque[Tuple[int, memoryview]] = collections.deque()
+        self.closed = False  # STOP or end of file: run what is queued, then exit
 
-    def recv(self) -> Optional[memoryview]:
-        head = self.reader.read(P.TO_WORKER.size)
+    # -- the result pipe (any thread) --
+
+    def send(self, *messages: Tuple[int, int, bytes, int]) -> None:
+        """Write messages of (kind, task id, payload, rss) in one go."""
+        buffers: List[bytes] = []
+        for kind, task_id, payload, rss in messages:
+            buffers.append(P.FROM_WORKER.pack(len(payload), kind, task_id, rss))
+            if len(payload):
+                buffers.append(payload)
+        if sum(len(b) for b in buffers) < 65536:
+            buffers = [b"".join(buffers)]
+        with self.send_lock:
+            P.write_all(self.result_fd, buffers)
+
+    # -- the intake thread --
+
+    def intake(self) -> None:
+        reader = os.fdopen(self.task_fd, "rb", buffering=1 << 16, closefd=False)
+        try:
+            while self._take_one(reader):
+                pass
+        except Exception:  # a broken pipe: the parent will see our exit
+            pass
+        finally:
+            reader.close()
+            with self.cond:
+                self.closed = True
+                self.cond.notify()
+
+    def _take_one(self, reader) -> bool:
+        head = reader.read(P.TO_WORKER.size)
         if len(head) < P.TO_WORKER.size:
-            return None  # the parent closed the pipe: nothing more will come
+            return False  # the parent closed the pipe: nothing more will come
         length, kind = P.TO_WORKER.unpack(head)
+        body = memoryview(reader.read(length)) if length else memoryview(b"")
+        if len(body) != length:
+            return False
         if kind == P.STOP:
-            return None
-        body = bytearray(length)
-        if self.reader.readinto(body) != length:
-            return None
-        return memoryview(body)
+            return False
+        if kind == P.TASKS:
+            frames = list(P.iter_task_frames(body))
+            with self.cond:
+                self.queue.extend(frames)
+                self.cond.notify()
+        elif kind == P.REVOKE:
+            wanted = set(P.unpack_ids(body))
+            with self.cond:
+                kept = [t for t in self.queue if t[0] not in wanted]
+                taken = [t[0] for t in self.queue if t[0] in wanted]
+                self.queue = collections.deque(kept)
+                # Under cond: no STARTED for these can follow, and none preceded this answer.
+                self.send((P.REVOKED, 0, P.pack_ids(taken), 0))
+        return True
 
-    def send(self, kind: int, task_id: int = 0, payload: bytes = b"", rss: int = 0) -> None:
-        header = P.FROM_WORKER.pack(len(payload), kind, task_id, rss)
-        if len(payload) < 65536:
-            P.write_all(self.result_fd, [header + payload])
-        else:
-            P.write_all(self.result_fd, [header, payload])
+    # -- the main thread --
+
+    def next_task(self, done: Optional[Tuple[int, int, bytes, int]]):
+        """Report ``done`` (a finished task's message, or None) and take the next task: say
+        STARTED for it in the same write when one is ready. None: stop."""
+        if done is not None and len(done[2]) >= 65536:
+            self.send(done)  # a big result goes out without holding up the intake thread
+            done = None
+        with self.cond:
+            if done is not None and not self.queue:
+                self.send(done)
+                done = None
+            while not self.queue and not self.closed:
+                self.cond.wait()
+            if not self.queue:
+                if done is not None:
+                    self.send(done)
+                return None
+            task = self.queue.popleft()
+            started = (P.STARTED, task[0], b"", 0)
+            self.send(*((done, started) if done is not None else (started,)))
+            return task
 
 
-def _run_one(channel: _Channel, task_id: int, payload: memoryview, measure_rss: bool) -> None:
+def _run_one(task_id: int, payload: memoryview, measure_rss: bool):
+    """Run one task; return the message that reports it."""
     try:
         fn, args, kwargs = pickle.loads(payload)
     except BaseException as exc:  # noqa: B036 - a task that cannot be unpickled fails alone
-        channel.send(P.BAD_TASK, task_id, P.dump_exception(exc, "unpickling the task raised"))
-        return
+        return (P.BAD_TASK, task_id, P.dump_exception(exc, "unpickling the task raised"), 0)
+    del payload
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: B036 - SystemExit too, as the stdlib does
@@ -128,22 +247,20 @@ def _run_one(channel: _Channel, task_id: int, payload: memoryview, measure_rss: 
         kind, data = _dump_result(fn, value)
         del value  # before the (maybe slow) send: memory is measured after it
     del fn, args, kwargs
-    channel.send(kind, task_id, data, _rss() if measure_rss else 0)
+    return (kind, task_id, data, _rss() if measure_rss else 0)
 
 
 def _dump_result(fn: Any, value: Any):
     try:
-        return P.RESULT, pickle.dumps(value, P.PROTOCOL)
+        return P.RESULT, P.dumps(value)
     except BaseException as exc:  # noqa: B036 - the stdlib reports even SystemExit here
-        from .errors import TaskPicklingError
+        from .errors import pickling_error
 
         if not isinstance(exc, Exception):
             return P.ERROR, P.dump_exception(exc, "pickling the result raised")
-        err = TaskPicklingError(
+        err = pickling_error(
             f"the result of {_name(fn)} ({type(value).__qualname__}) could not be pickled to "
-            f"send it back: {type(exc).__name__}: {exc}. Return something picklable."
-        )
-        err.__cause__ = exc
+            f"send it back: {type(exc).__name__}: {exc}. Return something picklable.", exc)
         return P.ERROR, P.dump_exception(err, "pickling the result raised")
 
 
@@ -151,7 +268,7 @@ def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def _run_initializer(channel: _Channel, initializer: Callable, initargs: Sequence) -> bool:
+def _run_initializer(inbox: _Inbox, initializer: Callable, initargs: Sequence) -> bool:
     try:
         initializer(*initargs)
         return True
@@ -160,7 +277,7 @@ def _run_initializer(channel: _Channel, initializer: Callable, initargs: Sequenc
         import logging
 
         logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
-        channel.send(P.INIT_FAILED, 0, P.dump_exception(exc, "the initializer raised"))
+        inbox.send((P.INIT_FAILED, 0, P.dump_exception(exc, "the initializer raised"), 0))
         return False
 
 
@@ -168,6 +285,7 @@ def worker_main(task_conn, result_conn, lifeline_conn, initializer, initargs, me
     """Entry point of a worker process (the target of ``multiprocessing.Process``)."""
     reset_signals()
     own_process_group()
+    become_subreaper()
     # Take the raw descriptors out of the Connection wrappers, which then forget them.
     task_fd, result_fd, lifeline_fd = (c.fileno() for c in (task_conn, result_conn, lifeline_conn))
     for conn in (task_conn, result_conn, lifeline_conn):
@@ -176,14 +294,18 @@ def worker_main(task_conn, result_conn, lifeline_conn, initializer, initargs, me
         # A program a task starts must not hold our pipes open after we are gone.
         os.set_inheritable(fd, False)
     start_lifeline(lifeline_fd)
-    channel = _Channel(task_fd, result_fd)
-    if initializer is not None and not _run_initializer(channel, initializer, initargs):
-        sys.exit(1)
-    channel.send(P.READY, os.getpid())
-    while True:
-        body = channel.recv()
-        if body is None:
-            break
-        for task_id, payload in P.iter_task_frames(body):
-            _run_one(channel, task_id, payload, measure_rss)
-        body = payload = None  # free the message before blocking for the next one
+    inbox = _Inbox(task_fd, result_fd)
+    try:
+        if initializer is not None and not _run_initializer(inbox, initializer, initargs):
+            sys.exit(1)
+        inbox.send((P.READY, os.getpid(), b"", 0))
+        threading.Thread(target=inbox.intake, name="safepool-intake", daemon=True).start()
+        done = None
+        while True:
+            task = inbox.next_task(done)
+            if task is None:
+                break
+            done = _run_one(task[0], task[1], measure_rss)
+            task = None  # free the arguments before blocking for the next one
+    finally:
+        kill_descendants()

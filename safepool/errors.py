@@ -102,3 +102,48 @@ class TaskUnpicklingError(pickle.UnpicklingError, BrokenProcessPool):
     ``BrokenProcessPool`` so existing ``except`` clauses keep working.
     """
 
+
+
+class TaskFaultError(BrokenProcessPool):
+    """safepool itself failed while handling this task (a corrupt frame from its worker, an
+    internal error): the task's outcome is unknown. The message says what happened."""
+
+
+_PICKLING_CLASSES: dict = {}
+
+
+def _pickling_error_class(base: type) -> type:
+    """TaskPicklingError mixed with ``base``, so that ``except TypeError`` still catches
+    "cannot pickle '_thread.lock' object", as it does with the stdlib."""
+    if issubclass(TaskPicklingError, base) or not issubclass(base, Exception):
+        return TaskPicklingError
+    cls = _PICKLING_CLASSES.get(base)
+    if cls is None:
+        try:
+            cls = type("TaskPicklingError", (TaskPicklingError, base), {
+                "__module__": __name__, "__reduce__": _reduce_mixed})
+        except TypeError:  # an incompatible layout: the plain class, with the cause chained
+            cls = TaskPicklingError
+        _PICKLING_CLASSES[base] = cls
+    return cls
+
+
+def _reduce_mixed(self):
+    return _rebuild_pickling_error, (self._base, str(self))
+
+
+def _rebuild_pickling_error(base: type, message: str) -> BaseException:
+    err = _pickling_error_class(base)(message)
+    err._base = base
+    return err
+
+
+def pickling_error(message: str, cause: BaseException) -> TaskPicklingError:
+    """A TaskPicklingError saying ``message``, which is also an instance of ``type(cause)``,
+    with ``cause`` chained."""
+    try:
+        err = _rebuild_pickling_error(type(cause), message)
+    except Exception:  # a base whose __init__ wants other arguments
+        err = TaskPicklingError(message)
+    err.__cause__ = cause
+    return err

@@ -6,13 +6,14 @@ import pytest
 import tasks
 
 import safepool._manager
+import safepool._process
 from safepool import BrokenProcessPool, SafeProcessPoolExecutor
 
 
 @pytest.fixture
 def failing_spawns(monkeypatch):
     """Make the next N worker starts fail with EAGAIN, as fork() does at a pids limit."""
-    real = safepool._manager.WorkerProcess
+    real = safepool._process.WorkerProcess
     left = {"n": 0}
 
     def start(*args, **kwargs):
@@ -21,7 +22,7 @@ def failing_spawns(monkeypatch):
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable (injected)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(safepool._manager, "WorkerProcess", start)
+    monkeypatch.setattr(safepool._process, "WorkerProcess", start)
     return left
 
 

@@ -1,0 +1,144 @@
+"""The parent's end of one worker's two pipes: non-blocking, framed, and distrustful.
+
+Nothing here blocks: a worker that stops reading its task pipe, or floods its result pipe,
+costs the manager nothing but that worker. Frames from a worker are checked (known kind,
+a length under ``MAX_FRAME``, memory to hold it): a corrupt or hostile frame raises
+``ProtocolError``, which costs that worker, never the pool.
+"""
+import os
+from typing import List, Sequence, Tuple
+
+from . import _protocol as P
+
+READ_CHUNK = 1 << 18
+#: A result at least this large is read straight into a buffer of its own size.
+BIG_MESSAGE = 1 << 20
+
+Message = Tuple[int, int, int, memoryview]  # kind, task id, rss, payload
+
+
+class ProtocolError(Exception):
+    """A worker sent something that is not a valid frame (or one we cannot hold)."""
+
+
+class Channel:
+    def __init__(self, task_fd: int, result_fd: int):
+        self.task_fd = task_fd
+        self.result_fd = result_fd
+        self.out: List[memoryview] = []  # bytes not yet written to the task pipe
+        self.closed = False              # the worker can no longer read (EPIPE)
+        self.inbuf = bytearray()         # bytes read from the result pipe, not yet parsed
+        self.big = None                  # [header, buffer, filled] while a big frame arrives
+        self.eof = False
+
+    # ---- parent -> worker ----------------------------------------------------------------
+
+    def write_tasks(self, tasks: Sequence) -> None:
+        buffers: List = [b""]
+        size = 0
+        for task in tasks:
+            buffers.append(P.task_frame_header(task.id, task.payload))
+            buffers.append(task.payload)
+            size += P.TASK_FRAME.size + len(task.payload)
+        buffers[0] = P.TO_WORKER.pack(size, P.TASKS)
+        if size < 65536:
+            buffers = [b"".join(buffers)]
+        self._write(buffers)
+
+    def write_revoke(self, ids: Sequence[int]) -> None:
+        body = P.pack_ids(ids)
+        self._write([P.TO_WORKER.pack(len(body), P.REVOKE) + body])
+
+    def write_stop(self) -> None:
+        self._write([P.TO_WORKER.pack(0, P.STOP)])
+
+    def _write(self, buffers) -> None:
+        if self.closed:
+            return
+        was_empty = not self.out
+        self.out.extend(memoryview(b) for b in buffers if len(b))
+        if was_empty:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what the pipe takes now; the rest waits for ``wants_write``."""
+        try:
+            while self.out:
+                written = os.writev(self.task_fd, self.out[:512])
+                while written:
+                    head = self.out[0]
+                    if written >= len(head):
+                        written -= len(head)
+                        self.out.pop(0)
+                    else:
+                        self.out[0] = head[written:]
+                        written = 0
+        except BlockingIOError:
+            pass
+        except OSError:
+            # EPIPE: the worker is dead or dying and will never read this. Whether its tasks
+            # started is known from its STARTED messages, read once its exit is seen.
+            self.out.clear()
+            self.closed = True
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self.out)
+
+    # ---- worker -> parent ----------------------------------------------------------------
+
+    def read(self, messages: List[Message]) -> bool:
+        """Append what the result pipe has now to ``messages``; True if there may be more
+        (a bound was hit, so one chatty worker cannot starve the others)."""
+        fd = self.result_fd
+        for _ in range(64):
+            try:
+                if self.big is not None:
+                    header, buf, filled = self.big
+                    n = os.readv(fd, [memoryview(buf)[filled:]])
+                    if n == 0:
+                        self.eof = True
+                        return False
+                    self.big[2] = filled + n
+                    if self.big[2] == len(buf):
+                        self.big = None
+                        messages.append((header[1], header[2], header[3], memoryview(buf)))
+                    continue
+                chunk = os.read(fd, READ_CHUNK)
+            except BlockingIOError:
+                return False
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.eof = True
+                return False
+            self.inbuf += chunk
+            self._parse(messages)
+            if len(chunk) < READ_CHUNK and self.big is None:
+                return False  # a short read emptied the pipe: skip the read that says EAGAIN
+        return True
+
+    def _parse(self, messages: List[Message]) -> None:
+        buf = self.inbuf
+        pos, size = 0, P.FROM_WORKER.size
+        while len(buf) - pos >= size:
+            header = P.FROM_WORKER.unpack_from(buf, pos)
+            length, kind = header[0], header[1]
+            if kind not in P.WORKER_KINDS or length > P.MAX_FRAME:
+                raise ProtocolError(f"a corrupt frame header (kind {kind}, length {length})")
+            if len(buf) - pos - size < length:
+                if length >= BIG_MESSAGE:
+                    # Read the rest straight into a buffer of the right size.
+                    try:
+                        big = bytearray(length)
+                    except MemoryError:
+                        raise ProtocolError(f"a frame of {length} bytes does not fit in memory")
+                    have = len(buf) - pos - size
+                    big[:have] = buf[pos + size:]
+                    self.big = [header, big, have]
+                    pos = len(buf)
+                break
+            payload = bytes(buf[pos + size:pos + size + length])
+            pos += size + length
+            messages.append((kind, header[2], header[3], memoryview(payload)))
+        del buf[:pos]

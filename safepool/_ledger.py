@@ -1,0 +1,112 @@
+"""The task ledger: every submitted task, the one state it is in, and the one way it ends.
+
+Only the manager thread changes a Task's state or settles its future (the executor's threads
+create Tasks and hand them over; ``SafeFuture.cancel`` may cancel a future that is still
+PENDING, which ``claim()`` then sees).
+
+States and who moves a task between them::
+
+    QUEUED --send--> SENT --STARTED from the worker--> STARTED --result--> DONE
+      ^                |                                   |
+      +--REVOKED-------+  (the worker gave it back:        +--crash, timeout, cancel--> DONE
+                           it never ran any of its code)
+
+Invariants (asserted by tests/test_ledger.py and the stateful test):
+
+* A task is on at most one worker, and only in SENT or STARTED.
+* A task becomes STARTED only on its worker's own word (STARTED), at most once: a task that
+  was STARTED is never sent again, whatever happens to its worker.
+* A task that was not STARTED ran none of its code, so it may go back to QUEUED (a revoke, or
+  its worker died before starting it) and be sent to another worker.
+* Its future is settled exactly once, through ``settle_*`` below, by the manager thread, while
+  no safepool lock is held (done-callbacks are user code).
+* Its future is claimed (RUNNING, no longer cancellable by ``cancel()``) from its first send,
+  as the stdlib's call queue does; a claimed task that never started can still be withdrawn
+  (``cancel_futures``, an abandoned ``map()``): it ends CANCELLED when its worker gives it back.
+"""
+import enum
+import logging
+from concurrent.futures import Future, InvalidStateError
+from typing import Optional
+
+log = logging.getLogger("safepool")
+
+
+class TaskState(enum.Enum):
+    QUEUED = "queued"    # in the manager's queue (or not yet taken in from submit())
+    SENT = "sent"        # written to a worker, which has not said STARTED
+    STARTED = "started"  # the worker said STARTED: it is running (or has run) its code
+    DONE = "done"        # its future is settled
+
+
+class Task:
+    """One submitted call: its future and its pickled (fn, args, kwargs), kept for a resend."""
+
+    __slots__ = ("id", "future", "payload", "name", "timeout", "state", "claimed", "withdraw",
+                 "started_at", "revoking", "__weakref__")
+
+    def __init__(self, task_id: int, future: Future, payload, name: str,
+                 timeout: Optional[float]):
+        self.id = task_id
+        self.future = future
+        self.payload = payload
+        self.name = name
+        self.timeout = timeout
+        self.state = TaskState.QUEUED
+        self.claimed = False       # its future is RUNNING: ours to settle, no longer cancellable
+        self.withdraw = False      # cancel it if it comes back unstarted
+        self.started_at = 0.0      # monotonic time its STARTED arrived
+        self.revoking = False      # a REVOKE for it is on its way to its worker
+
+    def claim(self) -> bool:
+        """Mark the future RUNNING, once; False if it has ended (cancelled while queued)."""
+        if not self.claimed:
+            self.claimed = self.future.set_running_or_notify_cancel()
+            if not self.claimed:
+                self.state = TaskState.DONE
+            return self.claimed
+        if self.future.done():
+            self.state = TaskState.DONE
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} {self.name} {self.state.value}>"
+
+
+class Ledger:
+    """Settles futures and counts how they ended. Used by the manager thread only."""
+
+    def __init__(self, counts):
+        self.counts = counts
+
+    def result(self, task: Task, value) -> None:
+        task.state = TaskState.DONE
+        task.payload = None
+        try:
+            task.future.set_result(value)
+            self.counts["completed"] += 1
+        except InvalidStateError:
+            self.counts["late"] += 1  # cancelled while running (cancel_running=True)
+
+    def fail(self, task: Task, exc: BaseException) -> None:
+        task.state = TaskState.DONE
+        task.payload = None
+        if not task.claimed and not task.claim():
+            return  # cancelled while queued: it never ran, and its future has ended
+        try:
+            task.future.set_exception(exc)
+            self.counts["failed"] += 1
+        except InvalidStateError:
+            self.counts["late"] += 1
+
+    def cancel(self, task: Task) -> None:
+        """End a task that never started as CANCELLED, claimed or not."""
+        task.state = TaskState.DONE
+        task.payload = None
+        future = task.future
+        if task.claimed:
+            if future._cancel_claimed():
+                self.counts["cancelled"] += 1
+        elif future.cancel():
+            pass  # counted by SafeFuture.cancel

@@ -1,0 +1,119 @@
+"""The manager's record of one worker: its state, its tasks, its channel and its stop ladder.
+
+Worker states, and what moves a worker between them (manager thread only)::
+
+    STARTING --READY--> SERVING --STOP sent (recycle, shutdown)--> RETIRING
+        |                  |                                          |
+        +------------------+--SIGTERM (timeout, cancel, abort, grace over)--> TERMINATING
+                                                                               |
+                                              grace over, or kill_workers() --> KILLED
+    any state --its process ended (sentinel, or waitpid)--> reaped and forgotten
+
+Invariants:
+
+* Only SERVING workers are sent tasks. A STARTING worker has none: its first task waits for
+  its READY, one round trip, so that nothing is ever queued behind a slow initializer.
+* ``running`` is the one task the worker said STARTED for and has not finished; ``sent`` are
+  the tasks written to it that it has not started, in the order it will start them.
+* A worker in TERMINATING or KILLED holds no slot: its replacement starts at once.
+"""
+import collections
+import enum
+import signal
+import time
+from typing import Deque, List, Optional
+
+from ._channel import Channel
+from ._ledger import Task
+from ._process import WorkerProcess, kill_tree
+
+#: After a STOP message, how long an idle worker gets to exit before SIGTERM.
+STOP_GRACE = 3.0
+#: After SIGTERM, how long before SIGKILL of the worker's whole process tree.
+TERM_GRACE = 1.0
+
+
+class WorkerState(enum.IntEnum):
+    STARTING = 0
+    SERVING = 1
+    RETIRING = 2     # STOP sent behind its tasks: it finishes them, then exits
+    TERMINATING = 3  # SIGTERM sent
+    KILLED = 4       # SIGKILL sent to it and its process tree
+
+
+class Worker:
+    """One worker process, as the manager sees it."""
+
+    def __init__(self, proc: WorkerProcess, now: float):
+        self.proc = proc
+        self.pid = proc.pid
+        self.channel = Channel(proc.task_fd, proc.result_fd)
+        self.state = WorkerState.STARTING
+        self.started_at = now
+        self.running: Optional[Task] = None
+        self.sent: Deque[Task] = collections.deque()
+        self.assigned = 0                 # tasks sent and not taken back (max_tasks_per_child)
+        self.stop_cause: Optional[str] = None  # why we are stopping it (None: we are not)
+        self.stop_deadline: Optional[float] = None
+        self.descendants: list = []
+        self.init_error: Optional[BaseException] = None
+        self.fault: Optional[BaseException] = None  # its channel broke: acks cannot be trusted
+        self.lost_reason: Optional[str] = None  # what to tell a task stopped with it
+
+    @property
+    def serving(self) -> bool:
+        return self.state == WorkerState.SERVING
+
+    @property
+    def idle(self) -> bool:
+        return self.state == WorkerState.SERVING and self.running is None and not self.sent
+
+    @property
+    def holds_slot(self) -> bool:
+        return self.state < WorkerState.TERMINATING
+
+    def backlog(self) -> List[Task]:
+        """Sent, not started, and not already being taken back."""
+        return [t for t in self.sent if not t.revoking]
+
+    # ---- the stop ladder: STOP -> SIGTERM -> SIGKILL of the tree --------------------------
+
+    def retire(self, cause: str) -> bool:
+        """Queue STOP behind its tasks. False if it is already on its way out."""
+        if self.state >= WorkerState.RETIRING:
+            return False
+        self.state = WorkerState.RETIRING
+        self.stop_cause = cause
+        self.channel.write_stop()
+        self.arm_stop_grace()
+        return True
+
+    def arm_stop_grace(self) -> None:
+        """A retiring worker with nothing left to run gets STOP_GRACE to exit."""
+        if (self.state == WorkerState.RETIRING and self.running is None and not self.sent
+                and self.stop_deadline is None):
+            self.stop_deadline = time.monotonic() + STOP_GRACE
+
+    def terminate(self, cause: str) -> None:
+        if self.state >= WorkerState.TERMINATING:
+            return
+        self.state = WorkerState.TERMINATING
+        self.stop_cause = self.stop_cause if cause == "escalate" else cause
+        self._collect_descendants()
+        self.proc.signal(signal.SIGTERM)
+        self.stop_deadline = time.monotonic() + TERM_GRACE
+
+    def kill(self, cause: Optional[str] = None) -> None:
+        if self.state < WorkerState.TERMINATING and cause is not None:
+            self.stop_cause = cause
+        self.state = WorkerState.KILLED
+        self.stop_deadline = None
+        self._collect_descendants()
+        self.proc.signal(signal.SIGKILL)
+        self.proc.kill_group()
+        kill_tree(self.descendants)
+
+    def _collect_descendants(self) -> None:
+        # Found before the kill: once the worker is dead, its children are re-parented.
+        if not self.descendants:
+            self.descendants = self.proc.descendants()

@@ -1,0 +1,94 @@
+"""Task functions for the core-promise tests (importable by workers: conftest puts tests/ on
+PYTHONPATH). Each one that matters records its start in a file, so tests can count runs."""
+import os
+import time
+
+
+def record_start(path, tag, seconds=0.0):
+    """Append ``tag`` to ``path`` (one atomic O_APPEND write), then sleep ``seconds``."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{tag}\n".encode())
+    finally:
+        os.close(fd)
+    if seconds:
+        time.sleep(seconds)
+    return tag
+
+
+def starts(path):
+    """The tags recorded in ``path``, in order."""
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
+def noop(x=None):
+    return x
+
+
+def wait_for_files(paths, limit):
+    """True once every path exists, False after ``limit`` seconds."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if all(os.path.exists(p) for p in paths):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def create(path):
+    open(path, "w").close()
+    return path
+
+
+def write_corrupt_frame(kind, length):
+    """Write a frame header the parent must reject into this worker's own result pipe."""
+    import gc
+    import struct
+
+    inbox = next(o for o in gc.get_objects() if type(o).__name__ == "_Inbox")
+    with inbox.send_lock:
+        os.write(inbox.result_fd, struct.pack("!QBQQ", length, kind, 0, 0))
+    time.sleep(30)
+
+
+def send_through(conn, value):
+    """Send ``value`` through a multiprocessing Connection passed as an argument."""
+    conn.send(value)
+    return True
+
+
+def write_to_socket(sock, data):
+    sock.sendall(data)
+    return True
+
+
+def leave_daemon(path, new_session):
+    """Start a ``sleep`` that outlives this task (its own session, or a double fork); write
+    its pid to ``path``."""
+    import subprocess
+
+    if new_session:
+        proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        pid = proc.pid
+    else:
+        r, w = os.pipe()
+        if os.fork() == 0:  # the double fork of a daemon
+            os.close(r)
+            os.setsid()
+            if os.fork() == 0:
+                os.write(w, str(os.getpid()).encode())
+                os.close(w)
+                os.execvp("sleep", ["sleep", "600"])
+            os._exit(0)
+        os.close(w)
+        os.wait()
+        with os.fdopen(r) as f:
+            pid = int(f.read())
+    with open(path, "w") as f:
+        f.write(str(pid))
+    return pid
+
