@@ -164,3 +164,58 @@ def test_clean_remote_traceback_on_a_real_worker_traceback(tmp_path):
     assert "__mp_main__.MyError: boom" in tb  # what a spawn/forkserver worker writes
     cleaned = _hints.clean_remote_traceback(tb)
     assert "__main__.MyError: boom" in cleaned and "__mp_main__" not in cleaned
+
+
+# ---- end to end: the core's error messages carry the hints ------------------------------------
+# These pass once the core calls safepool._hints (issue 12 item 5): unpickling_hint() where a
+# worker reports a task it could not unpickle, start_failure_hint() where workers that keep
+# failing to start break the pool, clean_remote_traceback() where a worker's traceback text
+# becomes the RemoteTraceback. Until then they are expected failures; strict, so that the
+# run that wires them says to drop the marker.
+NOT_WIRED = pytest.mark.xfail(strict=True, reason="the core does not call safepool._hints yet")
+
+SUBMIT_MAIN_FUNCTION = """\
+from safepool import SafeProcessPoolExecutor
+def work():
+    return 1
+with SafeProcessPoolExecutor(max_workers=1) as ex:
+    try:
+        ex.submit(work).result(timeout=60)
+    except Exception as exc:
+        print("ERROR", type(exc).__name__, exc)
+"""
+
+
+def _run_program(args, stdin=None, cwd=None):
+    result = subprocess.run([sys.executable] + args, input=stdin, cwd=cwd,
+                            env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    return result.stdout
+
+
+@NOT_WIRED
+@pytest.mark.timeout(120)
+def test_a_task_from_python_dash_c_fails_with_the_hint():
+    out = _run_program(["-c", SUBMIT_MAIN_FUNCTION])
+    assert "ERROR TaskUnpicklingError" in out
+    assert "`python -c`" in out and "a .py file" in out
+
+
+@NOT_WIRED
+@pytest.mark.timeout(120)
+def test_a_piped_script_breaks_the_pool_with_the_hint(tmp_path):
+    out = _run_program(["-"], stdin=SUBMIT_MAIN_FUNCTION, cwd=str(tmp_path))
+    assert "ERROR BrokenProcessPool" in out
+    assert "standard input" in out and "python script.py" in out
+
+
+@NOT_WIRED
+@pytest.mark.timeout(120)
+def test_a_remote_traceback_names_the_users_main(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(REMOTE.replace("import concurrent.futures, multiprocessing",
+                                     "import concurrent.futures, multiprocessing, safepool")
+                      .replace("concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx)",
+                               "safepool.SafeProcessPoolExecutor(1)"))
+    tb = _run_program([str(script)])
+    assert "MyError: boom" in tb and "__mp_main__" not in tb
