@@ -3,7 +3,8 @@
 A case's ``size``/``quick_size`` is its main workload parameter (number of tasks or items, number of
 timed calls, or bytes); ``better`` says which direction wins; ``compare`` says how the table relates
 an executor to the stdlib: ``ratio`` (exec / stdlib) or ``diff`` (exec - stdlib, for quantities
-that can be near zero, such as memory growth).
+that can be near zero, such as memory growth). ``description`` is reStructuredText, shown as
+written (not capitalised) under the case's name in ``docs/benchmarks.rst``.
 """
 
 from collections import OrderedDict
@@ -28,7 +29,7 @@ CASES = OrderedDict(
         (
             "submit_noop",
             dict(
-                description="submit() N no-op tasks, then wait for all of them",
+                description="``submit()`` N no-op tasks, then wait for all of them",
                 unit="tasks/s",
                 better="higher",
                 compare="ratio",
@@ -40,7 +41,7 @@ CASES = OrderedDict(
         (
             "map_chunked",
             dict(
-                description="list(map(square, range(N), chunksize=1000))",
+                description="``list(map(square, range(N), chunksize=1000))``",
                 unit="items/s",
                 better="higher",
                 compare="ratio",
@@ -52,7 +53,7 @@ CASES = OrderedDict(
         (
             "map_chunk1",
             dict(
-                description="list(map(square, range(N), chunksize=1))",
+                description="``list(map(square, range(N), chunksize=1))``",
                 unit="items/s",
                 better="higher",
                 compare="ratio",
@@ -64,7 +65,7 @@ CASES = OrderedDict(
         (
             "latency",
             dict(
-                description="median of N submit(noop).result() round trips, after warm-up",
+                description="median of N ``submit(noop).result()`` round trips, after warm-up",
                 unit="s",
                 better="lower",
                 compare="ratio",
@@ -88,7 +89,7 @@ CASES = OrderedDict(
         (
             "shutdown",
             dict(
-                description="shutdown(wait=True) of a warm, idle pool with all workers started",
+                description="``shutdown(wait=True)`` of a warm, idle pool, all workers started",
                 unit="s",
                 better="lower",
                 compare="ratio",

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -239,7 +240,9 @@ def compare(case, summary, executor):
     return val / base
 
 
-def fmt_value(case, value):
+def fmt_value(case, value, compact=False):
+    """``value`` in the case's unit; ``compact`` writes throughputs with 3 significant
+    digits and a k/M suffix (``1.13M/s``), short enough for a narrow docs table."""
     unit = CASES[case]["unit"]
     if value is None:
         return "-"
@@ -251,10 +254,14 @@ def fmt_value(case, value):
         return "%.2f s" % value
     if unit == "MB":
         return "%+.1f MB" % value
+    if compact and value >= 1e6:
+        return "%.3gM/s" % (value / 1e6)
+    if compact and value >= 1e4:
+        return "%.3gk/s" % (value / 1e3)
     return "{:,.0f}/s".format(value)
 
 
-def fmt_cell(case, s, short=False):
+def fmt_cell(case, s, short=False, compact=False):
     if s.get("median") is None:
         if s["runs"] == 0:
             return "not run"
@@ -262,7 +269,7 @@ def fmt_cell(case, s, short=False):
         if not short and len(note) > 40:
             note = note[:37] + "..."
         return note if not short else note.split(" (")[0].split(":")[0]
-    text = fmt_value(case, s["median"])
+    text = fmt_value(case, s["median"], compact)
     if not short:
         if s.get("spread_pct") is not None and CASES[case]["compare"] == "ratio":
             text += " ±%.0f%%" % s["spread_pct"]
@@ -398,8 +405,25 @@ def rst_escape(text):
     return str(text).replace("|", "\\|").replace("*", "\\*")
 
 
+def rst_cell(text):
+    """One list-table cell. A cell that starts like a list item ("-", "* x", "1. x") would
+    render as a bullet or a numbered list inside the table: escape its first character."""
+    text = rst_escape(text)
+    if not text.strip():
+        return "\\-"
+    if re.match(r"^(?:[-+\u2022](?:\s|$)|\d+[.)](?:\s|$)|#\.)", text):
+        return "\\" + text
+    return text
+
+
 def render_rst(summary, executors, cases, info, args, sizes):
-    """The generated docs page: one list-table of medians and ratios per case."""
+    """The generated docs page: one list-table of medians and ratios, then what was not
+    measured and what each case does.
+
+    The table is kept narrow enough for the docs' content column (about 740 px at 1280 px):
+    no size column (each case's N is in its description below), and a cell with no number
+    shows one short word, its reason listed under the table.
+    """
     memory_repeats = min(args.repeat, case_max_repeat("memory", args.quick) or args.repeat)
     # This fragment is included under a "-" heading of docs/benchmarks.rst: it must not use
     # "=" or "-" underlines itself (docs/contributing-docs.rst: sub-headings use "~").
@@ -432,26 +456,39 @@ def render_rst(summary, executors, cases, info, args, sizes):
         "   :stub-columns: 1",
         "",
         "   * - case",
-        "     - size",
     ]
     for e in executors:
-        out.append("     - %s" % e)
+        out.append("     - %s" % rst_cell(e))
+    unmeasured = []
     for case in cases:
         info_c = CASES[case]
         out.append("   * - %s (%s, %s is better)" % (case, info_c["unit"], info_c["better"]))
-        out.append("     - %s" % fmt_size(case, sizes[case]))
         for e in executors:
-            cell = fmt_cell(case, summary[case][e])
-            if e != BASELINE and summary[case][e].get("median") is not None:
-                cell += " (%s)" % fmt_compare(case, summary, e)
-            out.append("     - %s" % rst_escape(cell))
-    out += ["", "What the cases measure", "~~~~~~~~~~~~~~~~~~~~~~", ""]
+            s = summary[case][e]
+            if s.get("median") is None:
+                cell = fmt_cell(case, s, short=True)
+                full = fmt_cell(case, s)
+                if full != cell:
+                    unmeasured.append("``%s`` with ``%s``: %s" % (case, e, rst_escape(full)))
+            else:
+                cell = fmt_cell(case, s, compact=True)
+                if e != BASELINE:
+                    cell += " (%s)" % fmt_compare(case, summary, e)
+            out.append("     - %s" % rst_cell(cell))
+    out.append("")
+    if unmeasured:
+        out += ["Cells without a number:", ""] + ["* %s" % line for line in unmeasured] + [""]
+    out += ["What the cases measure", "~~~~~~~~~~~~~~~~~~~~~~", ""]
     for case in cases:
         out.append("``%s``" % case)
+        # reStructuredText from _cases.py. A description that starts with code
+        # (``list(map(...))``) is shown as written: a capital letter would make the code wrong.
         text = CASES[case]["description"]
+        if text[:1].isalpha():
+            text = text[0].upper() + text[1:]
         if CASES[case]["size"] != 1:
             text += " (N = %s)" % fmt_size(case, sizes[case])
-        out.append("   %s%s." % (text[0].upper(), text[1:]))
+        out.append("   %s." % text)
     out.append("")
     return "\n".join(out)
 

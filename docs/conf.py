@@ -53,7 +53,7 @@ napoleon_numpy_docstring = True
 
 default_role = "code"
 highlight_language = "python3"
-pygments_style = "sphinx"
+# No pygments_style: the theme picks code colours that match its light and dark modes.
 
 # -- The benchmark results fragment --------------------------------------------------------
 

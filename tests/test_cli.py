@@ -13,7 +13,7 @@ import uuid
 import psutil
 import pytest
 
-from safepool import __main__ as cli
+from safepool import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG_VARIABLE = "SAFEPOOL_CLI_TEST_TAG"
@@ -172,11 +172,13 @@ def test_demo_leaves_no_process_behind(demo):
 
 
 @pytest.mark.timeout(120)
-def test_demo_table_output():
-    result = run_cli("demo", "--scenario", "rotation", "--cycles", "3", timeout=100)
+def test_demo_text_output_fits_80_columns():
+    result = run_cli("demo", "--scenario", "rotation", "--cycles", "3", timeout=100,
+                     env={"COLUMNS": "80"})
     assert result.returncode == 0, result.stderr
     assert "Pool rotation" in result.stdout
-    assert "SafeProcessPoolExecutor" in result.stdout and "Left behind" in result.stdout
+    assert "SafeProcessPoolExecutor" in result.stdout and "left behind:" in result.stdout
+    assert [line for line in result.stdout.splitlines() if len(line) > 80] == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,9 +221,9 @@ def _wait_gone(pid, timeout=5.0):
 
 @pytest.mark.timeout(60)
 def test_run_child_kills_the_whole_tree_on_timeout():
-    from safepool import _cli_demo
+    from safepool.cli import _harness
 
-    run = _cli_demo.run_child([sys.executable, "-c", HANGING_CHILD], timeout=2.0)
+    run = _harness.run_child([sys.executable, "-c", HANGING_CHILD], timeout=2.0)
     assert run.timed_out and run.line is None
     assert _gone(run.pid)
     _wait_gone(_grandchild(run))
@@ -229,9 +231,9 @@ def test_run_child_kills_the_whole_tree_on_timeout():
 
 @pytest.mark.timeout(60)
 def test_run_child_reports_a_child_that_does_not_exit():
-    from safepool import _cli_demo
+    from safepool.cli import _harness
 
-    run = _cli_demo.run_child([sys.executable, "-c", HANGING_CHILD, "line"], timeout=20.0,
+    run = _harness.run_child([sys.executable, "-c", HANGING_CHILD, "line"], timeout=20.0,
                               exit_grace=1.0)
     assert not run.timed_out and run.exit_hung
     assert json.loads(run.line)["grandchild"] == _grandchild(run)

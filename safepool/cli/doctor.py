@@ -20,7 +20,8 @@ from typing import Any, Dict, List, Optional
 
 import psutil
 
-from safepool import _cli_demo as demo
+from safepool.cli import _harness as harness
+from safepool.cli._text import terminal_width, wrap
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 SELF_TEST_TIMEOUT = 60.0   # seconds before the self-test subprocess is killed
@@ -61,6 +62,18 @@ def check_python() -> Check:
     if os.name != "posix":
         return check("python", "Python", FAIL, version, "safepool supports POSIX systems only.")
     return check("python", "Python", OK, version)
+
+
+def check_install() -> Check:
+    """Does ``import safepool`` here give this copy? A checkout folder can shadow it."""
+    from safepool.cli import _install
+
+    version = _install.installed_version()
+    shadow = _install.find_shadow(_install.imported_safepool())
+    if shadow is not None:
+        return check("install", "Install", FAIL, shadow.explanation, shadow.advice)
+    return check("install", "Install", OK, "safepool %s from %s" % (version,
+                                                                  _install.PACKAGE_DIR))
 
 
 def check_start_method() -> Check:
@@ -290,17 +303,17 @@ def self_test_main() -> int:
     from concurrent.futures.process import BrokenProcessPool
 
     steps = {}  # type: Dict[str, Dict[str, Any]]
-    probe = demo.Probe()
+    probe = harness.Probe()
     markdir = tempfile.mkdtemp(prefix="safepool-doctor-")
     try:
         from safepool import SafeProcessPoolExecutor
         start = time.monotonic()
         executor = SafeProcessPoolExecutor(max_workers=2)
-        pid = executor.submit(demo.getpid).result(timeout=30)
+        pid = executor.submit(harness.getpid).result(timeout=30)
         steps["start"] = _step(True, "2 workers, first result after %.2f s (workers started "
-                               "by %s)" % (time.monotonic() - start, demo.started_by(pid)))
-        victim_future = executor.submit(demo.sleep_and_mark, markdir, 30, "victim")
-        victim = demo.wait_for_busy(markdir, 1)[0]
+                               "by %s)" % (time.monotonic() - start, harness.started_by(pid)))
+        victim_future = executor.submit(harness.sleep_and_mark, markdir, 30, "victim")
+        victim = harness.wait_for_busy(markdir, 1)[0]
         probe.descendants()
         os.kill(victim, signal.SIGKILL)  # as the OOM killer would
         try:
@@ -308,27 +321,27 @@ def self_test_main() -> int:
             steps["crash"] = _step(False, "the task returned although its worker was killed")
         except BrokenProcessPool as exc:
             steps["crash"] = _step(True, "killed worker %d: its task failed with %s"
-                                   % (victim, demo.describe_error(exc)))
+                                   % (victim, harness.describe_error(exc)))
         except FutureTimeout:
             steps["crash"] = _step(False, "the task of the killed worker never resolved (20 s)")
         except Exception as exc:
             steps["crash"] = _step(False, "expected BrokenProcessPool, got %s"
-                                   % demo.describe_error(exc))
+                                   % harness.describe_error(exc))
         try:
-            value = executor.submit(demo.square, 7).result(timeout=30)
+            value = executor.submit(harness.square, 7).result(timeout=30)
             steps["recovery"] = _step(value == 49, "a new task after the crash returned %r"
                                       % (value,))
         except Exception as exc:
             steps["recovery"] = _step(False, "a new task after the crash failed: %s"
-                                      % demo.describe_error(exc))
-        shutdown = demo.bounded_shutdown(executor, 20, wait=True)
+                                      % harness.describe_error(exc))
+        shutdown = harness.bounded_shutdown(executor, 20, wait=True)
         steps["cleanup"] = _cleanup_step(shutdown, probe.leftovers())
     except Exception as exc:
-        steps["error"] = _step(False, demo.describe_error(exc))
+        steps["error"] = _step(False, harness.describe_error(exc))
     finally:
         shutil.rmtree(markdir, ignore_errors=True)
     steps["pids"] = probe.pids()  # type: ignore[assignment]
-    demo._emit(steps)
+    harness.emit(steps)
     return 0
 
 
@@ -360,13 +373,15 @@ def self_test_checks() -> List[Check]:
         from safepool import SafeProcessPoolExecutor  # noqa: F401
     except Exception as exc:
         return [check("self_test", "Self-test", FAIL,
-                      "safepool is not importable: %s" % demo.describe_error(exc),
-                      "Reinstall safepool; run `python -c 'import safepool'` to see why.")]
-    code = "import sys; from safepool._cli_doctor import self_test_main; sys.exit(self_test_main())"
-    run = demo.run_child([sys.executable, "-c", code], SELF_TEST_TIMEOUT)
+                      "safepool is not importable: %s" % harness.describe_error(exc),
+                      "See the Install check above; if it is OK, reinstall safepool and run "
+                      "`python3 -c 'from safepool import SafeProcessPoolExecutor'` to see "
+                      "the full error.")]
+    code = "import sys; from safepool.cli.doctor import self_test_main; sys.exit(self_test_main())"
+    run = harness.run_child([sys.executable, "-c", code], SELF_TEST_TIMEOUT)
     steps = json.loads(run.line) if run.line else {}
-    demo.kill_listed(steps.pop("pids", None))
-    demo._killpg(run.pid)  # anything the self-test left in its process group
+    harness.kill_listed(steps.pop("pids", None))
+    harness.killpg(run.pid)  # anything the self-test left in its process group
     advice = "This is a bug or an environment problem; please report it with this output."
     if not run.line:
         why = ("timed out after %.0f s" % SELF_TEST_TIMEOUT if run.timed_out
@@ -385,7 +400,7 @@ def self_test_checks() -> List[Check]:
     if run.exit_hung:
         checks.append(check("self_test_exit", "Self-test: exit", FAIL,
                             "the interpreter did not exit within %.0f s after shutdown"
-                            % demo.EXIT_GRACE, advice))
+                            % harness.EXIT_GRACE, advice))
     return checks
 
 
@@ -393,8 +408,8 @@ def self_test_checks() -> List[Check]:
 # The doctor command.
 # --------------------------------------------------------------------------------------------
 
-ENVIRONMENT_CHECKS = [check_python, check_start_method, check_cpu_count, check_memory_limit,
-                      check_nproc, check_nofile, check_pid1]
+ENVIRONMENT_CHECKS = [check_python, check_install, check_start_method, check_cpu_count,
+                      check_memory_limit, check_nproc, check_nofile, check_pid1]
 
 
 def collect(self_test: bool = True) -> List[Check]:
@@ -405,19 +420,23 @@ def collect(self_test: bool = True) -> List[Check]:
             checks.append(fn())
         except Exception as exc:
             checks.append(check(fn.__name__[len("check_"):], fn.__name__, FAIL,
-                                "the check itself failed: %s" % demo.describe_error(exc)))
+                                "the check itself failed: %s" % harness.describe_error(exc)))
     if self_test:
         checks.extend(self_test_checks())
     return checks
 
 
-def format_checks(checks: List[Check]) -> str:
-    """The checks as aligned text, advice indented under the check it belongs to."""
+def format_checks(checks: List[Check], width: Optional[int] = None) -> str:
+    """The checks as text wrapped to ``width`` (default: the terminal's), advice indented
+    under the check it belongs to."""
+    width = width or terminal_width()
+    title = max(len(c.title) for c in checks) if checks else 0
+    indent = " " * (2 + 4 + 2 + title + 2)
     lines = ["safepool doctor", ""]
     for c in checks:
-        lines.append("  %-5s %-20s %s" % (c.status, c.title, c.detail))
+        lines += wrap(c.detail, width, indent, "  %-4s  %s" % (c.status, c.title))
         if c.advice and c.status != OK:
-            lines.append("        %-20s -> %s" % ("", c.advice))
+            lines += wrap("-> " + c.advice, width, indent)
     counts = {s: sum(1 for c in checks if c.status == s) for s in (OK, WARN, FAIL)}
     lines += ["", "%d OK, %d WARN, %d FAIL" % (counts[OK], counts[WARN], counts[FAIL])]
     return "\n".join(lines) + "\n"

@@ -6,12 +6,11 @@ This module has two halves.
   (``scenario_main``) and prints one JSON line of measurements, all taken with psutil during
   that run. A scenario is allowed to hang, leak or get killed: it is only a subprocess.
 * The **demo side** (``run_demo``) starts those subprocesses in their own sessions with a time
-  limit, collects the JSON lines, kills whatever they left behind, and prints one table (or
-  the same data as JSON).
+  limit (``_harness.run_child``), collects the JSON lines, kills whatever they left behind,
+  and prints a report that fits the terminal (or the same data as JSON).
 
-The task functions are module-level so that both executors' workers can unpickle them as
-``safepool._cli_demo.<name>``. Nothing here imports the safepool core at module level: the
-stdlib half of the demo must work even if the core does not.
+Nothing here imports the safepool core at module level: the stdlib half of the demo must
+work even if the core does not.
 """
 import argparse
 import concurrent.futures
@@ -20,13 +19,10 @@ import json
 import multiprocessing
 import os
 import platform
-import queue
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import traceback
@@ -36,261 +32,32 @@ from typing import Any, Dict, List, Optional
 
 import psutil
 
+from safepool.cli._harness import (
+    EXIT_GRACE,
+    Probe,
+    bounded_shutdown,
+    count_alive,
+    describe_error,
+    emit,
+    getpid,
+    kill_listed,
+    killpg,
+    record_thread_errors,
+    run_child,
+    sleep_and_mark,
+    square,
+    started_by,
+    tally,
+    wait_for_busy,
+    wait_until_gone,
+)
+from safepool.cli._text import help_text, paragraph, terminal_width, wrap
+
 WORKERS = 2                # every scenario uses two workers, like a small production pool
-EXIT_GRACE = 3.0           # seconds a scenario process gets to exit after its JSON line
 PARENT_KILLED_WAIT = 5.0   # seconds workers get to notice that their parent was SIGKILLed
 DEFAULT_TIMEOUT = 30.0     # seconds one scenario process may run before its group is killed
 EXECUTORS = ("stdlib", "safepool")
 EXECUTOR_NAMES = {"stdlib": "ProcessPoolExecutor", "safepool": "SafeProcessPoolExecutor"}
-
-
-# --------------------------------------------------------------------------------------------
-# Tasks. They run in the workers of either executor, so they must be importable and picklable.
-# --------------------------------------------------------------------------------------------
-
-def square(x: int) -> int:
-    """A trivial task: proves that the pool still runs work."""
-    return x * x
-
-
-def getpid() -> int:
-    """Return the pid of the worker that ran this task."""
-    return os.getpid()
-
-
-def sleep_and_mark(markdir: str, seconds: float, tag: Any) -> Any:
-    """Leave a marker file ``<pid>-<tag>`` in ``markdir``, then sleep.
-
-    The marker tells the scenario which worker is busy *right now*, without relying on any
-    executor's private attributes, so it can kill exactly a worker that is mid-task.
-    """
-    path = os.path.join(markdir, "%d-%s" % (os.getpid(), tag))
-    with open(path, "w"):
-        pass
-    time.sleep(seconds)
-    return tag
-
-
-# --------------------------------------------------------------------------------------------
-# Measuring a scenario from the inside.
-# --------------------------------------------------------------------------------------------
-
-def _is_helper(proc: "psutil.Process", me_pid: int) -> bool:
-    """True for multiprocessing's per-interpreter helpers (forkserver, resource tracker).
-
-    They live as long as the interpreter and are shared by every pool, so they are not leaks.
-    Only a *direct* child with that command line counts: processes forked by the forkserver
-    inherit its command line but are workers, and their parent is the forkserver, not us.
-    """
-    try:
-        if proc.ppid() != me_pid:
-            return False
-        cmdline = " ".join(proc.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-    return "forkserver import main" in cmdline or "resource_tracker import main" in cmdline
-
-
-def _helper_fd_count() -> int:
-    """How many fds this process holds open for multiprocessing's global helpers."""
-    count = 0
-    try:
-        from multiprocessing import forkserver, resource_tracker
-        if getattr(forkserver._forkserver, "_forkserver_alive_fd", None) is not None:
-            count += 1
-        if getattr(resource_tracker._resource_tracker, "_fd", None) is not None:
-            count += 1
-    except Exception:  # private attributes: if they moved, count nothing rather than crash
-        pass
-    return count
-
-
-def _our_threads() -> int:
-    """Threads alive in this process, not counting the demo's own helper threads."""
-    return sum(1 for t in threading.enumerate() if not t.name.startswith("safepool-demo"))
-
-
-class Probe:
-    """Measures what one scenario leaves behind in this process.
-
-    Created before the pool; ``leftovers()`` after it reports live descendant processes,
-    zombies, and the growth in fds and threads. Every descendant ever seen is remembered
-    (pid and create time) so the demo can kill survivors without risking a reused pid.
-    """
-
-    def __init__(self) -> None:
-        self.me = psutil.Process()
-        self.fds_before = self.me.num_fds()
-        self.helper_fds_before = _helper_fd_count()
-        self.threads_before = _our_threads()
-        self.seen = {}  # type: Dict[int, float]
-
-    def descendants(self) -> List["psutil.Process"]:
-        """All processes below us except the multiprocessing helpers; remembers them."""
-        found = []
-        for proc in self.me.children(recursive=True):
-            if _is_helper(proc, self.me.pid):
-                self._remember(proc)  # helpers still need killing if the scenario dies
-                continue
-            self._remember(proc)
-            found.append(proc)
-        return found
-
-    def _remember(self, proc: "psutil.Process") -> None:
-        try:
-            self.seen.setdefault(proc.pid, proc.create_time())
-        except psutil.NoSuchProcess:
-            pass
-
-    def split(self) -> Dict[str, List[int]]:
-        """Current descendants, split into live processes and zombies (dead, not reaped)."""
-        alive, zombies = [], []
-        for proc in self.descendants():
-            try:
-                status = proc.status()
-            except psutil.NoSuchProcess:
-                continue
-            (zombies if status == psutil.STATUS_ZOMBIE else alive).append(proc.pid)
-        return {"alive": alive, "zombies": zombies}
-
-    def leftovers(self, settle: float = 1.0) -> Dict[str, int]:
-        """What is left now, after giving exiting processes up to ``settle`` s to go away."""
-        deadline = time.monotonic() + settle
-        state = self.split()
-        while (state["alive"] or state["zombies"]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            state = self.split()
-        fds = self.me.num_fds() - self.fds_before - (_helper_fd_count() - self.helper_fds_before)
-        return {
-            "processes": len(state["alive"]),
-            "zombies": len(state["zombies"]),
-            "fds": fds,
-            "threads": _our_threads() - self.threads_before,
-        }
-
-    def pids(self) -> Dict[str, float]:
-        """Every descendant seen so far, as JSON-friendly {pid: create_time}."""
-        self.descendants()
-        return {str(pid): created for pid, created in self.seen.items()}
-
-
-def wait_for_busy(markdir: str, count: int, timeout: float = 30.0) -> List[int]:
-    """Wait until ``count`` distinct workers are running ``sleep_and_mark``; return their pids."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = []  # type: List[int]
-        for name in sorted(os.listdir(markdir),
-                           key=lambda n: os.stat(os.path.join(markdir, n)).st_mtime_ns):
-            pid = int(name.split("-", 1)[0])
-            if pid not in pids:
-                pids.append(pid)
-        if len(pids) >= count:
-            return pids
-        if time.monotonic() > deadline:
-            raise RuntimeError("only %d of %d workers started a task within %.0f s"
-                               % (len(pids), count, timeout))
-        time.sleep(0.02)
-
-
-def wait_until_gone(pid: int, timeout: float) -> Optional[float]:
-    """Seconds until ``pid`` exited (a zombie counts as exited), or None if it outlived timeout."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return time.monotonic() - start
-        except psutil.NoSuchProcess:
-            return time.monotonic() - start
-        time.sleep(0.02)
-    return None
-
-
-def started_by(pid: int) -> str:
-    """Who started worker ``pid``: this process directly (fork/spawn) or the forkserver."""
-    try:
-        parent = psutil.Process(pid).ppid()
-    except psutil.NoSuchProcess:
-        return "unknown"
-    if parent == os.getpid():
-        return "this process"
-    try:
-        if "forkserver" in " ".join(psutil.Process(parent).cmdline()):
-            return "forkserver"
-    except psutil.Error:
-        pass
-    return "pid %d" % parent
-
-
-def describe_error(exc: BaseException) -> str:
-    """``TypeName: first line of the message``, short enough for a table cell."""
-    text = str(exc).strip().splitlines()
-    return "%s: %s" % (type(exc).__name__, text[0][:160] if text else "")
-
-
-def tally(futures: List[concurrent.futures.Future], timeout: float) -> Dict[str, Any]:
-    """Wait up to ``timeout`` s, then count futures by outcome; keep one message per error type.
-
-    ``pending`` counts futures that never resolved: the worst outcome, since a caller
-    waiting on one of them waits forever.
-    """
-    concurrent.futures.wait(futures, timeout=timeout)
-    counts = {"ok": 0, "failed": 0, "cancelled": 0, "pending": 0}
-    errors = {}  # type: Dict[str, str]
-    for fut in futures:
-        if not fut.done():
-            counts["pending"] += 1
-        elif fut.cancelled():
-            counts["cancelled"] += 1
-        elif fut.exception() is None:
-            counts["ok"] += 1
-        else:
-            counts["failed"] += 1
-            exc = fut.exception()
-            errors.setdefault(type(exc).__name__, describe_error(exc))
-    counts["errors"] = errors
-    return counts
-
-
-def bounded_shutdown(executor: Any, timeout: float, **kwargs: Any) -> Dict[str, Any]:
-    """Call ``executor.shutdown(**kwargs)`` but give up waiting after ``timeout`` s.
-
-    It runs in a daemon thread so that a hanging shutdown is *measured* (``hung: true``)
-    instead of hanging the scenario. The thread is left behind if it hangs; the scenario
-    process is thrown away anyway.
-    """
-    outcome = {"raised": None, "hung": False, "seconds": None}  # type: Dict[str, Any]
-
-    def target() -> None:
-        start = time.monotonic()
-        try:
-            executor.shutdown(**kwargs)
-        except BaseException as exc:  # the point is to report whatever it raises
-            outcome["raised"] = describe_error(exc)
-        outcome["seconds"] = round(time.monotonic() - start, 3)
-
-    thread = threading.Thread(target=target, name="safepool-demo-shutdown", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    outcome["hung"] = thread.is_alive()
-    return outcome
-
-
-def record_thread_errors() -> List[str]:
-    """Collect exceptions raised in background threads (e.g. an executor's manager thread).
-
-    The stdlib prints those to stderr and carries on, so a caller never sees them; we count
-    them. The original hook still runs, so the traceback is still printed.
-    """
-    errors = []  # type: List[str]
-    previous = threading.excepthook
-
-    def hook(args: Any) -> None:
-        errors.append("%s in thread %s" % (describe_error(args.exc_value),
-                                          getattr(args.thread, "name", "?")))
-        previous(args)
-
-    threading.excepthook = hook
-    return errors
 
 
 def make_executor(kind: str, max_workers: int = WORKERS) -> Any:
@@ -447,7 +214,7 @@ def scenario_parent_killed(kind: str, probe: Probe, options: argparse.Namespace)
     line = {"workers": {str(p): psutil.Process(p).create_time() for p in workers},
             "pids": probe.pids(), "tasks": len(futures)}
     shutil.rmtree(markdir, ignore_errors=True)
-    _emit(line)
+    emit(line)
     os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: like the OOM killer would
 
 
@@ -480,15 +247,10 @@ SCENARIOS = OrderedDict((s.name, s) for s in [
 RUN_ORDER = ["parent_killed", "hung_task", "full_queue", "sigterm", "oom", "rotation"]
 
 
-def _emit(data: Dict[str, Any]) -> None:
-    """Print the one JSON line the demo process collects."""
-    sys.stdout.write(json.dumps(data) + "\n")
-    sys.stdout.flush()
-
 
 def scenario_main(argv: Optional[List[str]] = None) -> int:
     """Entry point of a scenario subprocess: run one scenario, print one JSON line."""
-    parser = argparse.ArgumentParser(prog="python -m safepool._cli_demo")
+    parser = argparse.ArgumentParser(prog="python -m safepool.cli.demo")
     parser.add_argument("--scenario", choices=list(SCENARIOS), required=True)
     parser.add_argument("--executor", choices=EXECUTORS, required=True)
     parser.add_argument("--cycles", type=int, default=30)
@@ -503,169 +265,8 @@ def scenario_main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:
         result = {"error": describe_error(exc), "traceback": traceback.format_exc()}
     result["pids"] = probe.pids()
-    _emit(result)
+    emit(result)
     return 1 if "error" in result else 0
-
-
-# --------------------------------------------------------------------------------------------
-# Running a child process with a time limit, and cleaning up after it.
-# --------------------------------------------------------------------------------------------
-
-ChildRun = namedtuple("ChildRun", "pid line stderr returncode timed_out exit_hung seconds")
-
-
-def child_env() -> Dict[str, str]:
-    """The environment for a child: ours, plus this copy of safepool on the path if needed.
-
-    A source checkout goes first on PYTHONPATH so the child runs the same safepool. An
-    installed copy needs nothing, and putting site-packages ahead of the standard library
-    could shadow stdlib modules, so it is left alone.
-    """
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in _site_dirs():
-        env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH")] if p)
-    return env
-
-
-def _site_dirs() -> List[str]:
-    """The site-packages directories of this interpreter (absolute paths)."""
-    import site
-    dirs = list(getattr(site, "getsitepackages", lambda: [])())
-    user = getattr(site, "getusersitepackages", lambda: "")()
-    return [os.path.abspath(d) for d in dirs + [user] if d]
-
-
-def _pump(stream: Any, sink: "queue.Queue[Optional[str]]") -> None:
-    """Copy lines from a pipe into a queue; None marks end of file."""
-    for raw in iter(stream.readline, b""):
-        sink.put(raw.decode("utf-8", "replace"))
-    sink.put(None)
-
-
-def run_child(cmd: List[str], timeout: float, exit_grace: float = EXIT_GRACE) -> ChildRun:
-    """Run ``cmd``, wait for its first JSON line, then up to ``exit_grace`` s for it to exit.
-
-    The child gets its own session, hence its own process group, so that on timeout (or if
-    it does not exit) the whole group can be killed with one ``killpg``. If it exits in time
-    it is left to the caller to kill what it left behind (``cleanup``): the parent-killed
-    scenario needs to count survivors first.
-    """
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=child_env(), start_new_session=True)
-    out = queue.Queue()  # type: queue.Queue[Optional[str]]
-    err = queue.Queue()  # type: queue.Queue[Optional[str]]
-    for stream, sink in ((proc.stdout, out), (proc.stderr, err)):
-        threading.Thread(target=_pump, args=(stream, sink), daemon=True,
-                         name="safepool-demo-pump").start()
-    line = _first_json_line(out, start + timeout)
-    timed_out = line is None and proc.poll() is None
-    exit_hung = False
-    if not timed_out:
-        try:
-            proc.wait(exit_grace)
-        except subprocess.TimeoutExpired:
-            exit_hung = True  # it printed its result but the interpreter would not exit
-    if timed_out or exit_hung:
-        kill_tree(proc)
-    proc.wait()
-    return ChildRun(proc.pid, line, _drain(err), proc.returncode, timed_out, exit_hung,
-                    round(time.monotonic() - start, 2))
-
-
-def _first_json_line(out: "queue.Queue[Optional[str]]", deadline: float) -> Optional[str]:
-    """The first stdout line that looks like a JSON object, or None on EOF or deadline."""
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        try:
-            text = out.get(timeout=remaining)
-        except queue.Empty:
-            return None
-        if text is None:
-            return None
-        if text.startswith("{"):
-            return text
-
-
-def _drain(err: "queue.Queue[Optional[str]]", limit: int = 4000) -> str:
-    """Whatever stderr has produced so far, the last ``limit`` characters."""
-    chunks = []
-    while True:
-        try:
-            text = err.get_nowait()
-        except queue.Empty:
-            break
-        if text is not None:
-            chunks.append(text)
-    return "".join(chunks)[-limit:]
-
-
-def kill_tree(proc: "subprocess.Popen[bytes]") -> None:
-    """SIGKILL ``proc``, every descendant, and its process group.
-
-    Descendants first, found through psutil while ``proc`` is still alive to link them:
-    safepool puts each worker in its own process group, out of reach of ``killpg``.
-    """
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    for member in family:
-        try:
-            member.kill()
-        except psutil.NoSuchProcess:
-            pass
-    _killpg(proc.pid)
-
-
-def _killpg(pgid: int) -> None:
-    """SIGKILL a process group, if it still has members.
-
-    The group id is the leader's pid; the kernel does not reuse a pid while a group still
-    carries it as its id, so this cannot hit an unrelated group.
-    """
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def kill_listed(pids: Optional[Dict[str, float]]) -> int:
-    """SIGKILL the still-running processes among ``{pid: create_time}``; return how many.
-
-    The create time guards against killing an unrelated process that reused a pid.
-    """
-    killed = 0
-    for pid, created in (pids or {}).items():
-        try:
-            proc = psutil.Process(int(pid))
-            if proc.create_time() != created or proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            proc.kill()
-            killed += 1
-        except psutil.NoSuchProcess:
-            pass
-    return killed
-
-
-def count_alive(pids: Dict[str, float]) -> Dict[str, int]:
-    """Of ``{pid: create_time}``, how many still run and how many are unreaped zombies."""
-    alive = zombies = 0
-    for pid, created in pids.items():
-        try:
-            proc = psutil.Process(int(pid))
-            if proc.create_time() != created:
-                continue
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                zombies += 1
-            else:
-                alive += 1
-        except psutil.NoSuchProcess:
-            pass
-    return {"alive": alive, "zombies": zombies}
 
 
 # --------------------------------------------------------------------------------------------
@@ -675,10 +276,10 @@ def count_alive(pids: Dict[str, float]) -> Dict[str, int]:
 def scenario_command(name: str, kind: str, cycles: int) -> List[str]:
     """The command line of one scenario subprocess.
 
-    ``-c`` rather than ``-m safepool._cli_demo`` so the task functions are pickled as
-    ``safepool._cli_demo.*`` and not as ``__main__.*``.
+    ``-c`` rather than ``-m safepool.cli.demo``, so that nothing the scenario pickles is
+    named ``__main__.*``.
     """
-    code = ("import sys; from safepool._cli_demo import scenario_main; "
+    code = ("import sys; from safepool.cli.demo import scenario_main; "
             "sys.exit(scenario_main(sys.argv[1:]))")
     return [sys.executable, "-c", code, "--scenario", name, "--executor", kind,
             "--cycles", str(cycles)]
@@ -699,7 +300,7 @@ def run_one(name: str, kind: str, timeout: float, cycles: int) -> Dict[str, Any]
     elif name == "parent_killed":
         result.update(_count_survivors(result))
     result["cleanup_killed"] = kill_listed(result.get("pids"))
-    _killpg(run.pid)  # whatever is left in the scenario's own process group (stdlib workers)
+    killpg(run.pid)  # whatever is left in the scenario's own process group (stdlib workers)
     result.update({"timed_out": run.timed_out, "exit_hung": run.exit_hung,
                    "seconds": round(time.monotonic() - start, 2),
                    "child_seconds": run.seconds, "returncode": run.returncode})
@@ -780,7 +381,10 @@ def summarize_hung_task(r: Dict[str, Any]) -> "tuple[str, bool]":
     call = "shutdown(wait=False%s)" % (", cancel_futures=True" if r["cancel_futures"] else "")
     parts = [call + " " + _shutdown_words(r["shutdown"], 10)[len("shutdown "):]]
     running = r["running_after_shutdown"]
-    parts.append("%d worker(s) still running 1 s later" % running)
+    # Expected of both executors: shutdown() never stops a running task (the stdlib's
+    # contract), so the hung task's worker is still there; terminate_workers() is the tool.
+    parts.append("%d worker(s) still running 1 s later, as expected: shutdown() lets a "
+                 "running task run" % running)
     term = r["terminate_workers"]
     if term is None:
         parts.append("no terminate_workers() on this Python")
@@ -894,45 +498,52 @@ class Progress:
         return max(20, shutil.get_terminal_size((80, 24)).columns - 1)
 
 
-def format_table(report: Dict[str, Any]) -> str:
-    """The report as a plain-text table, one row per scenario and executor."""
-    headers = ["Scenario", "Executor", "", "What happened", "Left behind"]
-    widths = [22, 23, 5, 56, 24]
-    rows = []
-    for scenario in report["scenarios"]:
-        for i, kind in enumerate(EXECUTORS):
+VERDICTS = {True: "ok", False: "BAD", None: "?"}
+SHORT_NAMES = {"stdlib": "stdlib", "safepool": "safepool"}
+
+
+def format_scenarios(report: Dict[str, Any], width: int) -> str:
+    """One block per scenario, one entry per executor, wrapped to ``width`` columns::
+
+        1. Worker OOM-killed mid-task
+           stdlib    BAD  killed task failed with ...; pool BROKEN: ...
+                          left behind: 0 proc, 0 zombie, +0 fd
+           safepool  ok   ...
+    """
+    label = max(len(name) for name in SHORT_NAMES.values())
+    indent = " " * (3 + label + 2 + 3 + 2)
+    lines = []  # type: List[str]
+    for number, scenario in enumerate(report["scenarios"], 1):
+        lines.append("%d. %s" % (number, scenario["title"]))
+        for kind in EXECUTORS:
             r = scenario["results"][kind]
-            verdict = {True: "ok", False: "BAD", None: "?"}[r.get("ok")]
-            rows.append([scenario["title"] if i == 0 else "", EXECUTOR_NAMES[kind], verdict,
-                         r["summary"], r["left_behind"]])
-        rows.append(None)  # a blank line between scenarios
-    lines = [_table_line(headers, widths), _table_line(["-" * w for w in widths], widths)]
-    for row in rows:
-        if row is None:
-            lines.append("")
-            continue
-        cells = [textwrap.wrap(cell, width) or [""] for cell, width in zip(row, widths)]
-        for j in range(max(len(c) for c in cells)):
-            lines.append(_table_line([c[j] if j < len(c) else "" for c in cells], widths))
+            first = "   %s  %s" % (SHORT_NAMES[kind].ljust(label), VERDICTS[r.get("ok")].ljust(3))
+            lines += wrap(r["summary"], width, indent, first)
+            lines += wrap("left behind: " + r["left_behind"], width, indent)
+        lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _table_line(cells: List[str], widths: List[int]) -> str:
-    return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
+def format_report(report: Dict[str, Any], width: Optional[int] = None) -> str:
+    """Header, one block per scenario, and a footer that explains the verdicts.
 
-
-def format_report(report: Dict[str, Any]) -> str:
-    """Header, table and a footer that explains the verdicts."""
-    head = ("safepool demo: Python %s on %s, %s CPUs. ProcessPoolExecutor uses the stdlib "
-            "default start method (%s); SafeProcessPoolExecutor is safepool %s.\n"
-            "Every number below was measured in this run with psutil.\n\n" % (
+    ``width`` defaults to the terminal's (``_text.terminal_width``); ``--json`` has the same
+    data without any layout.
+    """
+    width = width or terminal_width()
+    head = ("safepool demo: Python %s on %s, %s CPUs.\n"
+            "stdlib = concurrent.futures.ProcessPoolExecutor with this platform's default "
+            "start method (%s); safepool = SafeProcessPoolExecutor, safepool %s. "
+            "Every number below was measured in this run with psutil.\n" % (
                 report["python"], report["platform"], report["cpu_count"],
                 report["stdlib_start_method"], report["safepool_version"]))
-    foot = ("\nok = no collateral task loss, no broken pool, no hang, nothing left behind; "
-            "BAD = at least one of those.\nproc = processes still running after shutdown, "
-            "zombie = exited but never reaped, fd = file descriptors not closed.\n"
-            "Finished in %.1f s.\n" % report["elapsed_s"])
-    return head + format_table(report) + foot
+    foot = ("ok = no collateral task loss, no broken pool, no hang, nothing left behind; "
+            "BAD = at least one of those; ? = could not be measured.\n"
+            "proc = processes still running after shutdown, zombie = exited but never "
+            "reaped, fd = file descriptors not closed.\n"
+            "Finished in %.1f s. --json prints every measurement.\n" % report["elapsed_s"])
+    return (paragraph(head, width) + "\n" + format_scenarios(report, width) + "\n"
+            + paragraph(foot, width))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1003,24 +614,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
-DESCRIPTION = """\
-Each scenario runs twice, once with concurrent.futures.ProcessPoolExecutor (the stdlib's
-default start method) and once with safepool.SafeProcessPoolExecutor, each time in a fresh
-subprocess with a time limit. What each executor did and left behind is measured in that run.
-
-  oom            SIGKILL a busy worker (as the OOM killer does), then submit more work
-  sigterm        the parent installed a SIGTERM handler (as frameworks do); SIGTERM a worker
-  full_queue     2 workers, 50 queued tasks, SIGKILL a worker, then shutdown()
-  hung_task      a task sleeps forever; shutdown(wait=False, cancel_futures=True),
-                 then terminate_workers() where it exists; does the interpreter exit?
-  parent_killed  SIGKILL the process that owns the pool; do its busy workers live on?
-  rotation       create, map and shut down a pool many times; what accumulates?
-"""
+DESCRIPTION = [
+    "Each scenario runs twice, once with concurrent.futures.ProcessPoolExecutor (the "
+    "stdlib's default start method) and once with safepool.SafeProcessPoolExecutor, each "
+    "time in a fresh subprocess with a time limit. What each executor did and left behind "
+    "is measured in that run.",
+    [("oom", "SIGKILL a busy worker (as the OOM killer does), then submit more work"),
+     ("sigterm", "the parent installed a SIGTERM handler (as frameworks do); SIGTERM a "
+                 "worker"),
+     ("full_queue", "2 workers, 50 queued tasks, SIGKILL a worker, then shutdown()"),
+     ("hung_task", "a task sleeps forever; shutdown(wait=False, cancel_futures=True), then "
+                   "terminate_workers() where it exists; does the interpreter exit?"),
+     ("parent_killed", "SIGKILL the process that owns the pool; do its busy workers live "
+                       "on?"),
+     ("rotation", "create, map and shut down a pool many times; what accumulates?")],
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``demo`` subcommand's options (shared with ``python -m safepool demo``)."""
-    parser.description = DESCRIPTION
+    parser.description = help_text(*DESCRIPTION)
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), metavar="NAME",
                         help="run only this scenario (repeatable): %s" % ", ".join(SCENARIOS))
@@ -1034,6 +647,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    # Re-import under the package name so tasks pickle as safepool._cli_demo.*, not __main__.*.
-    from safepool._cli_demo import scenario_main as _scenario_main
+    # Re-import under the package name so nothing pickles as __main__.*.
+    from safepool.cli.demo import scenario_main as _scenario_main
     sys.exit(_scenario_main())
