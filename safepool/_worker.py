@@ -10,6 +10,7 @@ import threading
 from typing import Any, Callable, Optional, Sequence
 
 from . import _protocol as P
+from ._fd_hygiene import close_on_exec_all
 
 
 def reset_signals() -> None:
@@ -176,6 +177,7 @@ def worker_main(task_conn, result_conn, lifeline_conn, initializer, initargs, me
         # A program a task starts must not hold our pipes open after we are gone.
         os.set_inheritable(fd, False)
     start_lifeline(lifeline_fd)
+    close_on_exec_all()  # what a task exec's holds no pipe of ours (issue 13)
     channel = _Channel(task_fd, result_fd)
     if initializer is not None and not _run_initializer(channel, initializer, initargs):
         sys.exit(1)
