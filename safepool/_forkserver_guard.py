@@ -23,6 +23,7 @@ abstract sockets off before the first bind, so that no abstract socket ever exis
 """
 import logging
 import os
+import signal
 import stat
 import sys
 import threading
@@ -185,7 +186,7 @@ def _stop(server: Any) -> None:
             break
         if time.monotonic() >= deadline:
             try:
-                os.kill(pid, 9)  # SIGKILL
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             try:

@@ -62,6 +62,22 @@ SCENARIOS = {
         except ProcessLookupError:
             out["old_alive"] = False
     """,
+    # As "idle", but another program holds the forkserver's "alive" pipe, so closing ours
+    # does not stop it: the stdlib's own _stop() would wait forever here.
+    "idle_held": """
+        import subprocess
+        from safepool._forkserver_guard import ensure_safe_forkserver
+        forkserver.ensure_running(); state("old_")
+        holder = subprocess.Popen(["sleep", "60"], pass_fds=[server._forkserver_alive_fd])
+        began = time.monotonic()
+        ensure_safe_forkserver(multiprocessing.get_context("forkserver")); state("")
+        out["seconds"] = time.monotonic() - began
+        try:
+            os.kill(out["old_pid"], 0); out["old_alive"] = True
+        except ProcessLookupError:
+            out["old_alive"] = False
+        holder.kill(); holder.wait()
+    """,
     # Someone started the forkserver first and a process of theirs still runs from it.
     "busy": """
         from safepool._forkserver_guard import ensure_safe_forkserver, UnsafeForkserverError
@@ -145,6 +161,14 @@ def test_an_idle_abstract_forkserver_is_restarted_on_a_private_socket():
     assert out["pid"] != out["old_pid"]
     assert out["old_alive"] is False  # stopped and reaped
     assert not reachable(out["old_address"])
+
+
+@pytest.mark.timeout(120)
+def test_an_abstract_forkserver_is_stopped_even_if_another_program_holds_its_pipe():
+    out, _ = run("vulnerable", "idle_held")
+    assert out["old_address"].startswith("@"), out
+    private(out)
+    assert out["old_alive"] is False and out["seconds"] < 10, out
 
 
 @pytest.mark.timeout(120)
