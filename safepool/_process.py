@@ -14,6 +14,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import List, Optional
 
+from ._forkserver_guard import ensure_safe_forkserver
 from ._worker import worker_main
 
 SAFE_METHODS = ("forkserver", "spawn")
@@ -59,6 +60,7 @@ class WorkerProcess:
     """
 
     def __init__(self, ctx: BaseContext, initializer, initargs, measure_rss: bool):
+        ensure_safe_forkserver(ctx)  # no forkserver other users can reach (issue 13)
         task_r, self.task_fd = os.pipe()
         self.result_fd, result_w = os.pipe()
         lifeline_r, self.lifeline_fd = os.pipe()

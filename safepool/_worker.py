@@ -11,6 +11,7 @@ import threading
 from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
 
 from . import _protocol as P
+from ._fd_hygiene import close_on_exec_all
 
 
 def reset_signals() -> None:
@@ -294,6 +295,9 @@ def worker_main(task_conn, result_conn, lifeline_conn, initializer, initargs, me
         # A program a task starts must not hold our pipes open after we are gone.
         os.set_inheritable(fd, False)
     start_lifeline(lifeline_fd)
+    # After start-up, every descriptor above 2 is close-on-exec: a program a task runs
+    # holds no pipe to the parent (nor the stdlib's forkserver and tracker pipes).
+    close_on_exec_all()
     inbox = _Inbox(task_fd, result_fd)
     try:
         if initializer is not None and not _run_initializer(inbox, initializer, initargs):
