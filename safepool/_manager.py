@@ -30,6 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 from types import MappingProxyType
 from typing import Deque, Dict, List, Optional
 
+from . import _hints
 from . import _protocol as P
 from ._channel import ProtocolError
 from ._ledger import Ledger, Task, TaskState
@@ -561,9 +562,10 @@ class PoolManager:
             self.ledger.fail(task, _load_exception(payload, f"the exception raised by {task.name}"))
         else:  # BAD_TASK
             cause = _load_exception(payload, "the unpickling error")
-            err = TaskUnpicklingError(
-                f"the worker could not unpickle the task {task.name}: "
-                f"{type(cause).__name__}: {cause}")
+            message = (f"the worker could not unpickle the task {task.name}: "
+                       f"{type(cause).__name__}: {cause}")
+            hint = _hints.unpickling_hint(message)
+            err = TaskUnpicklingError(message + ("\n" + hint if hint else ""))
             err.__cause__ = cause
             self.ledger.fail(task, err)
 
@@ -667,11 +669,12 @@ class PoolManager:
         self.startup_failures += 1
         if self.startup_failures < STARTUP_FAILURE_LIMIT:
             return
+        hint = _hints.start_failure_hint()
         broken = BrokenProcessPool(
             f"A child process terminated abruptly, the process pool is not usable anymore: "
             f"{STARTUP_FAILURE_LIMIT} workers in a row failed before taking a task; the last "
             f"time {why}. Fix the cause (the initializer, the environment) and create a new "
-            "executor.")
+            "executor." + (" " + hint if hint else ""))
         broken.__cause__ = error
         self._break(broken)
 

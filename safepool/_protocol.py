@@ -107,9 +107,10 @@ def write_all(fd: int, buffers: List[bytes]) -> None:
 
 
 def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
+    from ._hints import clean_remote_traceback
     from .errors import RemoteTraceback
 
-    exc.__cause__ = RemoteTraceback(tb)
+    exc.__cause__ = RemoteTraceback(clean_remote_traceback(tb))
     return exc
 
 

@@ -172,7 +172,6 @@ def test_clean_remote_traceback_on_a_real_worker_traceback(tmp_path):
 # failing to start break the pool, clean_remote_traceback() where a worker's traceback text
 # becomes the RemoteTraceback. Until then they are expected failures; strict, so that the
 # run that wires them says to drop the marker.
-NOT_WIRED = pytest.mark.xfail(strict=True, reason="the core does not call safepool._hints yet")
 
 SUBMIT_MAIN_FUNCTION = """\
 from safepool import SafeProcessPoolExecutor
@@ -193,7 +192,6 @@ def _run_program(args, stdin=None, cwd=None):
     return result.stdout
 
 
-@NOT_WIRED
 @pytest.mark.timeout(120)
 def test_a_task_from_python_dash_c_fails_with_the_hint():
     out = _run_program(["-c", SUBMIT_MAIN_FUNCTION])
@@ -201,7 +199,6 @@ def test_a_task_from_python_dash_c_fails_with_the_hint():
     assert "`python -c`" in out and "a .py file" in out
 
 
-@NOT_WIRED
 @pytest.mark.timeout(120)
 def test_a_piped_script_breaks_the_pool_with_the_hint(tmp_path):
     out = _run_program(["-"], stdin=SUBMIT_MAIN_FUNCTION, cwd=str(tmp_path))
@@ -209,7 +206,6 @@ def test_a_piped_script_breaks_the_pool_with_the_hint(tmp_path):
     assert "standard input" in out and "python script.py" in out
 
 
-@NOT_WIRED
 @pytest.mark.timeout(120)
 def test_a_remote_traceback_names_the_users_main(tmp_path):
     script = tmp_path / "job.py"

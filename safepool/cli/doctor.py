@@ -423,7 +423,21 @@ def collect(self_test: bool = True) -> List[Check]:
                                 "the check itself failed: %s" % harness.describe_error(exc)))
     if self_test:
         checks.extend(self_test_checks())
+    checks.extend(security_checks(start=self_test))
     return checks
+
+
+def security_checks(start: bool = True) -> List[Check]:
+    """The forkserver's socket (CVE-2022-42919) and what a task's exec'd program inherits."""
+    from .._security_checks import security_report
+
+    try:
+        parts = security_report(start=start)
+    except Exception as exc:
+        return [check("security", "Security", FAIL,
+                      "the check itself failed: %s" % harness.describe_error(exc))]
+    return [check(p["id"], p["title"], p["status"], p["detail"], p.get("advice", ""))
+            for p in parts.values()]
 
 
 def format_checks(checks: List[Check], width: Optional[int] = None) -> str:
@@ -450,6 +464,8 @@ def run_doctor(options: argparse.Namespace) -> int:
         report = {"checks": [c._asdict() for c in checks],
                   "counts": {s: sum(1 for c in checks if c.status == s)
                              for s in (OK, WARN, FAIL)},
+                  "security": {c.id: c._asdict() for c in checks
+                               if c.id in ("forkserver_socket", "exec_inheritance")},
                   "exit_status": status}
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
