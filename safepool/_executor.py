@@ -356,16 +356,16 @@ class SafeProcessPoolExecutor(Executor):
             started = self._started
         if not started:
             return True
-        # Requests only: the manager cancels futures (and so runs their done-callbacks) on its
-        # own thread, with no lock of ours held, so a callback may call shutdown() too.
-        manager.request("cancel_futures" if cancel_futures else "shutdown")
         finished = manager.finished
-        if not wait or threading.current_thread() is manager.thread:
-            # From a done-callback we run on the manager thread: waiting would wait for us.
-            return finished.is_set() and not manager.faulted
-        # An Event, not thread.join(): a join interrupted by Ctrl-C marks the thread as
-        # finished on Python 3.9-3.12 (CPython gh-90882) and later joins stop waiting.
         try:
+            # Requests only: the manager cancels futures (and so runs their done-callbacks) on
+            # its own thread, with no lock of ours held, so a callback may call shutdown() too.
+            manager.request("cancel_futures" if cancel_futures else "shutdown")
+            if not wait or threading.current_thread() is manager.thread:
+                # From a done-callback we run on the manager thread: waiting would wait for us.
+                return finished.is_set() and not manager.faulted
+            # An Event, not thread.join(): a join interrupted by Ctrl-C marks the thread as
+            # finished on Python 3.9-3.12 (CPython gh-90882) and later joins stop waiting.
             if finished.wait(timeout):
                 _join_finished(manager)
                 return not manager.faulted
@@ -405,11 +405,17 @@ class SafeProcessPoolExecutor(Executor):
         return self._manager.stats()
 
     def __exit__(self, exc_type, exc_val, exc_tb):
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            # Ctrl-C in the with block: the user wants out now, not after the queue drains.
-            # Queued tasks are cancelled, running ones stopped, every worker reaped.
-            self.terminate_workers()
-        self.shutdown(wait=True)
+        try:
+            if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+                # Ctrl-C in the with block: the user wants out now, not after the queue
+                # drains. Queued tasks are cancelled, running ones stopped, workers reaped.
+                self.terminate_workers()
+            self.shutdown(wait=True)
+        except KeyboardInterrupt:
+            # Ctrl-C anywhere in here (not only while shutdown() waits): stop everything now.
+            self._force_stop("KeyboardInterrupt during shutdown()", signal.SIGKILL)
+            self._manager.finished.wait(_STOP_BOUND)
+            raise
         return False
 
     # ---- read by code written against the stdlib's private attributes --------------------

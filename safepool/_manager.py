@@ -238,7 +238,14 @@ class PoolManager:
                 self._dispatch()
                 self._stop_idle_workers()
                 self._publish_gauges()
-                events = self.selector.select(self._next_timeout())
+                timeout = self._next_timeout()
+                # Re-arm wakeup() before looking for work one last time: a request appended
+                # before this line is seen below, one appended after it writes a byte. (A
+                # wakeup() interrupted between its flag and its write cannot silence us.)
+                self._woken = False
+                if self.commands or self.incoming or self.caller_events:
+                    timeout = 0
+                events = self.selector.select(timeout)
                 for key, _ in events:
                     self._on_event(key)
                 if self._nearest is not None and time.monotonic() >= self._nearest:
