@@ -14,7 +14,7 @@ from concurrent.futures import wait
 import psutil
 import pytest
 import tasks
-from conftest import gone, wait_for_pid_file, wait_until
+from conftest import assert_runs_at_once, gone, wait_for_pid_file, wait_until
 
 from safepool import SafeProcessPoolExecutor, TaskTimeoutError
 
@@ -53,9 +53,9 @@ def test_schedule_timeout_fails_future_stops_and_replaces_worker(clean_process, 
         open(release, "w").close()
         assert other.result(timeout=20) == "other"
 
-        # The pool still has two workers' worth of service, on a new process.
-        pids = {ex.submit(tasks.sleep_then_getpid, 0.2).result(timeout=20) for _ in range(2)}
-        assert stuck_pid not in pids
+        # The pool still has two workers' worth of service: two tasks really run at the same
+        # time, on two live processes, neither of them the stopped one.
+        assert_runs_at_once(ex, 2, str(tmp_path / "meet"), not_on={stuck_pid})
         stats = ex.stats()
         assert stats.workers_replaced["timeout"] == 1
         assert stats.tasks_failed == 1
