@@ -134,6 +134,16 @@ def starts(log_path):
         return collections.Counter(line.strip() for line in f if line.strip())
 
 
+
+def assert_started_once(log_path, names):
+    """Each task in ``names`` started exactly once (``tasks.record_start``), and no other did."""
+    counts = starts(log_path)
+    names = [str(name) for name in names]
+    wrong = {name: counts[name] for name in names if counts[name] != 1}
+    unknown = sorted(set(counts) - set(names))
+    assert not wrong and not unknown, (
+        f"tasks not started exactly once (task: times started): {wrong}; unknown: {unknown}")
+
 def assert_runs_at_once(ex, n, directory, not_on=(), timeout=30.0):
     """``ex`` runs ``n`` tasks at the same time, on ``n`` distinct live processes, none of them
     in ``not_on``; return their pids.

@@ -11,7 +11,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 import tasks
-from conftest import assert_runs_at_once, wait_for_pid_file, wait_until
+from conftest import assert_runs_at_once, assert_started_once, wait_for_pid_file, wait_until
 from hardening_helpers import clean, gone, returns_within, stdlib_helpers  # noqa: F401
 
 from safepool import SafeProcessPoolExecutor, WorkerLostError
@@ -71,6 +71,44 @@ def test_tasks_queued_on_the_killed_worker_are_not_lost(tmp_path):
         assert isinstance(victim.exception(timeout=30), WorkerLostError)
         assert [f.result(timeout=30) for f in queued] == [i * i for i in range(20)]
         assert_pool_serves(ex, pid, 1, tmp_path / "meet")
+
+
+def warm_up(ex):
+    """Many short tasks first: the pool then batches and pipelines (what it does when busy)."""
+    assert list(ex.map(tasks.square, range(300))) == [i * i for i in range(300)]
+
+
+@pytest.mark.timeout(90)
+def test_tasks_queued_behind_a_killed_task_run_exactly_once(tmp_path):
+    """The pool warm and busy, tasks queued behind the one whose worker is SIGKILLed: each of
+    them starts exactly once, and the killed task is never started again."""
+    log, pid_path = str(tmp_path / "starts"), str(tmp_path / "pid")
+    with SafeProcessPoolExecutor(max_workers=1) as ex:
+        warm_up(ex)
+        victim = ex.submit(tasks.record_then, log, "victim", "park", pid_path)
+        queued = [ex.submit(tasks.record_start, log, str(i)) for i in range(30)]
+        pid = int(wait_for_pid_file(pid_path))
+        os.kill(pid, signal.SIGKILL)
+        assert isinstance(victim.exception(timeout=30), WorkerLostError)
+        assert [f.result(timeout=30) for f in queued] == [str(i) for i in range(30)]
+        assert_started_once(log, ["victim", *range(30)])
+        assert ex.stats().workers_replaced["crash"] == 1
+
+
+@pytest.mark.timeout(90)
+def test_tasks_batched_with_a_crashing_task_run_exactly_once(tmp_path):
+    """A task that kills its worker in the middle of a stream of short tasks (sent in batches
+    and pipelined): those before it are not run again, those behind it are run once."""
+    log = str(tmp_path / "starts")
+    with SafeProcessPoolExecutor(max_workers=2) as ex:
+        warm_up(ex)
+        before = [ex.submit(tasks.record_start, log, str(i)) for i in range(60)]
+        victim = ex.submit(tasks.record_then, log, "victim", "kill_self")
+        after = [ex.submit(tasks.record_start, log, str(i)) for i in range(60, 120)]
+        assert isinstance(victim.exception(timeout=30), WorkerLostError)
+        assert [f.result(timeout=30) for f in before + after] == [str(i) for i in range(120)]
+        assert_started_once(log, ["victim", *range(120)])
+        assert ex.stats().workers_replaced["crash"] == 1
 
 
 @pytest.mark.timeout(60)
