@@ -297,10 +297,16 @@ if __name__ == "__main__":
         # What is left, running or a zombie not yet reaped, once the with block has let the
         # exception through: nothing may be (the stdlib's helpers aside).
         me = psutil.Process()
-        helpers = {c.pid for c in me.children()
-                   if "multiprocessing" in " ".join(c.cmdline())
-                   and ("forkserver" in " ".join(c.cmdline())
-                        or "resource_tracker" in " ".join(c.cmdline()))}
+
+        def helper(child):
+            try:
+                line = " ".join(child.cmdline())
+            except psutil.Error:  # a zombie has no command line: it is no helper
+                return False
+            return "multiprocessing" in line and ("forkserver" in line
+                                                  or "resource_tracker" in line)
+
+        helpers = {c.pid for c in me.children() if helper(c)}
         left = [(p.pid, p.status()) for p in me.children(recursive=True)
                 if p.pid not in helpers]
         print(json.dumps({"elapsed": elapsed, "states": states, "left": left}))
