@@ -120,9 +120,9 @@ if __name__ == "__main__":
     else:
         if later is not None:
             try:
-                report["later"] = ["returned", later.result(timeout=15)]
+                report["later"] = ["returned", later.result(timeout=10)]
             except concurrent.futures.TimeoutError:
-                report["later"] = ["never resolved", 15]
+                report["later"] = ["never resolved", 10]
             except Exception as exc:
                 report["later"] = ["failed", f"{type(exc).__name__}: {exc}"]
         report["shutdown"] = bounded(ex.shutdown, 10)
@@ -194,10 +194,10 @@ def test_manager_thread_that_cannot_start(tmp_path):
     "core bug: once the manager thread failed to start, interpreter exit waits forever for a "
     "manager that never ran; fixed by the core rework"))
 def test_interpreter_exit_after_the_manager_thread_could_not_start(tmp_path):
-    code, report, stderr = run_no_manager_thread(tmp_path, "exit", 30)
+    code, report, stderr = run_no_manager_thread(tmp_path, "exit", 20)
     assert report is not None, stderr[-3000:]
     assert_clear_thread_error(report["first"])
-    assert code is not None, "the interpreter's exit hung (killed after 30 s)"
+    assert code is not None, "the interpreter's exit hung (killed after 20 s)"
     assert code == 0, stderr[-3000:]
     if report["later_accepted"]:  # work accepted before exit is done, as the stdlib does
         assert (tmp_path / "later-task-ran").exists(), "a task accepted before exit never ran"
