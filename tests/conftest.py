@@ -122,3 +122,52 @@ def ctx(start_method):
     import multiprocessing
 
     return multiprocessing.get_context(start_method)
+
+
+def starts(log_path):
+    """How many times each task started, from the lines ``tasks.record_start`` appended."""
+    import collections
+
+    if not os.path.exists(log_path):
+        return collections.Counter()
+    with open(log_path) as f:
+        return collections.Counter(line.strip() for line in f if line.strip())
+
+
+
+def assert_started_once(log_path, names):
+    """Each task in ``names`` started exactly once (``tasks.record_start``), and no other did."""
+    counts = starts(log_path)
+    names = [str(name) for name in names]
+    wrong = {name: counts[name] for name in names if counts[name] != 1}
+    unknown = sorted(set(counts) - set(names))
+    assert not wrong and not unknown, (
+        f"tasks not started exactly once (task: times started): {wrong}; unknown: {unknown}")
+
+def assert_runs_at_once(ex, n, directory, not_on=(), timeout=30.0):
+    """``ex`` runs ``n`` tasks at the same time, on ``n`` distinct live processes, none of them
+    in ``not_on``; return their pids.
+
+    The tasks wait for each other (``tasks.rendezvous``), so a pool short of a worker cannot
+    pass by running them one after another; ``timeout`` bounds how long they may take to meet.
+    """
+    import tasks
+
+    os.makedirs(directory, exist_ok=True)
+    futures = [ex.submit(tasks.rendezvous, directory, n) for _ in range(n)]
+    try:
+        pids = wait_until(lambda: len(tasks.rendezvous_pids(directory)) >= n and
+                          tasks.rendezvous_pids(directory), timeout,
+                          message=f"{n} tasks running at once on {n} processes")
+        ours = {p.pid for p in psutil.Process().children(recursive=True)}
+        for pid in pids:  # each one is a live process of ours while they wait for each other
+            assert pid in ours, f"{pid} is not a process of this pool"
+            assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE, f"{pid} is a zombie"
+    finally:
+        # Lets them go however it went, so a failure does not leave them waiting.
+        open(os.path.join(directory, "release"), "w").close()
+    results = [f.result(timeout=timeout) for f in futures]
+    assert sorted(pid for pid, _ in results) == pids, (results, pids)
+    assert all(seen >= n for _, seen in results), results
+    assert not set(pids) & set(not_on), f"a task ran on a lost worker: {pids} {not_on}"
+    return pids

@@ -350,3 +350,51 @@ def hold_gil(path):
 
     _write_atomic(path, str(os.getpid()))
     return bool(re.match(r"(a+)+$", "a" * 40 + "b"))
+
+
+# ---- for the issue-14 tests: proofs a broken promise cannot pass -------------------------
+
+
+def record_start(log_path, value):
+    """Append ``value`` to ``log_path`` as the task starts, then return it.
+
+    One ``write`` on an ``O_APPEND`` descriptor: lines from concurrent workers never mix, so a
+    test can count how many times each task started (``conftest.starts``).
+    """
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{value}\n".encode())
+    finally:
+        os.close(fd)
+    return value
+
+
+def record_then(log_path, value, task_name, *args):
+    """``record_start(log_path, value)``, then run the task ``task_name`` of this module."""
+    record_start(log_path, value)
+    return globals()[task_name](*args)
+
+
+def rendezvous(directory, n, limit=60.0):
+    """Announce our pid in ``directory``, then wait until ``n`` distinct processes have (or
+    ``directory/release`` appears, or ``limit`` s pass); return ``(pid, processes seen)``.
+
+    ``n`` such tasks meet only if ``n`` workers run them at the same time: a pool that is one
+    worker short cannot pass, however long it is given.
+    """
+    pid = os.getpid()
+    _write_atomic(os.path.join(directory, f"pid-{pid}"), str(pid))
+    release = os.path.join(directory, "release")
+    deadline = time.monotonic() + limit
+    while True:
+        seen = rendezvous_pids(directory)
+        if len(seen) >= n or os.path.exists(release) or time.monotonic() > deadline:
+            return pid, len(seen)
+        time.sleep(0.005)
+
+
+def rendezvous_pids(directory):
+    """The pids announced in ``directory`` by ``rendezvous`` tasks."""
+    names = os.listdir(directory)
+    return sorted(int(name[4:]) for name in names
+                  if name.startswith("pid-") and name[4:].isdigit())

@@ -10,7 +10,13 @@ from concurrent.futures import CancelledError
 
 import pytest
 import tasks
-from conftest import gone, wait_for_pid_file, wait_until
+from conftest import (
+    assert_runs_at_once,
+    assert_started_once,
+    gone,
+    wait_for_pid_file,
+    wait_until,
+)
 
 from safepool import SafeProcessPoolExecutor
 
@@ -43,9 +49,9 @@ def test_cancel_running_task_stops_and_replaces_its_worker(clean_process, tmp_pa
         assert not gone(other_pid) and not other.done()
         open(release, "w").close()
         assert other.result(timeout=20) == "other"
-        # The stopped worker was replaced: two tasks at once still run in two processes.
-        pids = {ex.submit(tasks.sleep_then_getpid, 0.3).result(timeout=20) for _ in range(2)}
-        assert pid not in pids
+        # The stopped worker was replaced: two tasks really run at the same time again, on two
+        # live processes, neither of them the stopped one.
+        assert_runs_at_once(ex, 2, str(tmp_path / "meet"), not_on={pid})
         wait_until(lambda: ex.stats().workers_replaced["cancel"] == 1, 20,
                    message="one worker replaced for a cancel")
         assert ex.stats().tasks_failed == 0
@@ -79,6 +85,30 @@ def test_cancel_running_queued_tasks_behind_it_still_run(clean_process, tmp_path
         assert f.cancel() is True
         assert [r.result(timeout=20) for r in rest] == [0, 1, 4, 9, 16]
         wait_until(lambda: gone(pid), 20, message="the cancelled task's worker to be reaped")
+    finally:
+        force_shutdown(ex)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("victim", [
+    "park",  # dies of the SIGTERM that stops it
+    "return_on_sigterm",  # catches SIGTERM and returns: its worker lives on until SIGKILL
+])
+def test_cancel_running_tasks_queued_behind_it_run_exactly_once(clean_process, tmp_path,
+                                                                  victim):
+    """The pool warm and busy, tasks queued behind the running task that is cancelled: each of
+    them starts exactly once, and the cancelled task is never started again."""
+    log, pid_path = str(tmp_path / "starts"), str(tmp_path / "pid")
+    ex = SafeProcessPoolExecutor(1, cancel_running=True)
+    try:
+        assert list(ex.map(tasks.square, range(300))) == [i * i for i in range(300)]  # warm
+        f = ex.submit(tasks.record_then, log, "victim", victim, pid_path)
+        queued = [ex.submit(tasks.record_start, log, str(i)) for i in range(30)]
+        pid = int(wait_for_pid_file(pid_path))
+        assert f.cancel() is True
+        assert [q.result(timeout=30) for q in queued] == [str(i) for i in range(30)]
+        wait_until(lambda: gone(pid), 20, message="the cancelled task's worker to be reaped")
+        assert_started_once(log, ["victim", *range(30)])
     finally:
         force_shutdown(ex)
 

@@ -145,6 +145,9 @@ def test_demo_measures_every_scenario(demo):
             r = results[kind]
             assert not r.get("error"), (name, kind, r)
             assert r["ok"] in (True, False) and r["summary"] and r["left_behind"]
+        # safepool behaves, and leaves nothing behind, in every scenario.
+        safe = results["safepool"]
+        assert safe["ok"] is True, (name, safe["summary"], safe["left_behind"])
     # Not a terminal: one progress line per scenario run on stderr.
     assert result.stderr.count("safepool demo [") == 12
 

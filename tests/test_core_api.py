@@ -183,7 +183,7 @@ def test_shutdown_waits_for_queued_work_unless_cancel_futures(tmp_path):
     wait_for_pid_file(pid_path)
     ex.shutdown(wait=False, cancel_futures=True)
     open(release, "w").close()
-    assert ex.shutdown(wait=True) is not False
+    assert ex.shutdown(wait=True) is True  # everything finished
     assert blocker.result() > 0
     cancelled = [f for f in queued if f.cancelled()]
     # At most one message may already sit in the busy worker's pipe (RUNNING, like the
@@ -311,16 +311,43 @@ def test_default_max_workers_is_loky_cpu_count(tmp_path):
         _concurrency(ex, tmp_path, loky.cpu_count())
 
 
-@pytest.mark.timeout(60)
-def test_default_max_workers_follows_loky_not_os_cpu_count(tmp_path,
-                                                           monkeypatch):
-    # loky reads the cgroup quota and affinity; pretend it found a limit unlike os.cpu_count().
-    import loky
+AFFINITY = r"""
+import json, os, pathlib, sys
 
-    fake = (os.cpu_count() or 1) + 1
-    monkeypatch.setattr(loky, "cpu_count", lambda *a, **k: fake)
-    with SafeProcessPoolExecutor() as ex:
-        _concurrency(ex, tmp_path, fake)
+import safepool
+from safepool import SafeProcessPoolExecutor
+from test_core_api import _concurrency
+
+if __name__ == "__main__":
+    ncpus, out_dir = int(sys.argv[1]), pathlib.Path(sys.argv[2])
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:ncpus])  # as taskset would
+    report = {"cpus": len(os.sched_getaffinity(0)), "default": safepool.default_max_workers()}
+    with SafeProcessPoolExecutor() as ex:  # the default worker count
+        _concurrency(ex, out_dir, ncpus)  # raises if more (or fewer) workers run at once
+    report["concurrency"] = "ok"
+    print(json.dumps(report))
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs sched_setaffinity and at least two usable CPUs")
+def test_default_max_workers_follows_a_real_cpu_affinity_mask(tmp_path):
+    # A process restricted to fewer CPUs than the machine has (taskset, a cpuset cgroup, a
+    # container's CPU limit) gets that many workers by default, and that many tasks run at once.
+    import json
+    import subprocess
+
+    from hardening_helpers import PYTHON, script_env, write_script
+
+    ncpus = len(os.sched_getaffinity(0)) - 1
+    script = write_script(tmp_path, AFFINITY)
+    run = subprocess.run([PYTHON, script, str(ncpus), str(tmp_path)], env=script_env(),
+                         capture_output=True, text=True, timeout=100)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report == {"cpus": ncpus, "default": ncpus, "concurrency": "ok"}, report
+    assert ncpus < (os.cpu_count() or 0), "the mask must hide CPUs the machine has"
 
 
 # ---- asyncio -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 import tasks
-from conftest import wait_for_pid_file, wait_until
+from conftest import assert_runs_at_once, assert_started_once, wait_for_pid_file, wait_until
 from hardening_helpers import clean, gone, returns_within, stdlib_helpers  # noqa: F401
 
 from safepool import SafeProcessPoolExecutor, WorkerLostError
@@ -20,12 +20,16 @@ from safepool import SafeProcessPoolExecutor, WorkerLostError
 pytestmark = pytest.mark.usefixtures("clean")
 
 
-def assert_pool_serves(ex, lost_pid):
-    """The pool works after the crash, on a new worker, and the dead one was reaped."""
+def assert_pool_serves(ex, lost_pid, workers, directory):
+    """The pool works after the crash at full strength: ``workers`` tasks run at the same time
+    on as many live processes, none of them the lost one, which was reaped.
+
+    (Checking only that the lost pid serves no more would pass on a pool that never replaces
+    a crashed worker: the survivors alone satisfy it.)
+    """
     assert list(ex.map(tasks.square, range(10))) == [i * i for i in range(10)]
-    pids = set(ex.map(tasks.getpid, range(8)))
-    assert lost_pid not in pids
     wait_until(lambda: gone(lost_pid), 10, message=f"worker {lost_pid} reaped")
+    assert_runs_at_once(ex, workers, str(directory), not_on={lost_pid})
     assert ex.stats().workers_replaced["crash"] == 1
 
 
@@ -51,7 +55,7 @@ def test_sigkill_mid_task_fails_only_that_task(ctx, tmp_path):
         assert "park" in message and "park" in exc.task
         # Every other task completes, including those queued behind the killed one.
         assert [f.result(timeout=30) for f in others] == list(range(40))
-        assert_pool_serves(ex, pid)
+        assert_pool_serves(ex, pid, 2, tmp_path / "meet")
 
 
 @pytest.mark.timeout(60)
@@ -66,11 +70,49 @@ def test_tasks_queued_on_the_killed_worker_are_not_lost(tmp_path):
         os.kill(pid, signal.SIGKILL)
         assert isinstance(victim.exception(timeout=30), WorkerLostError)
         assert [f.result(timeout=30) for f in queued] == [i * i for i in range(20)]
-        assert_pool_serves(ex, pid)
+        assert_pool_serves(ex, pid, 1, tmp_path / "meet")
+
+
+def warm_up(ex):
+    """Many short tasks first: the pool then batches and pipelines (what it does when busy)."""
+    assert list(ex.map(tasks.square, range(300))) == [i * i for i in range(300)]
+
+
+@pytest.mark.timeout(90)
+def test_tasks_queued_behind_a_killed_task_run_exactly_once(tmp_path):
+    """The pool warm and busy, tasks queued behind the one whose worker is SIGKILLed: each of
+    them starts exactly once, and the killed task is never started again."""
+    log, pid_path = str(tmp_path / "starts"), str(tmp_path / "pid")
+    with SafeProcessPoolExecutor(max_workers=1) as ex:
+        warm_up(ex)
+        victim = ex.submit(tasks.record_then, log, "victim", "park", pid_path)
+        queued = [ex.submit(tasks.record_start, log, str(i)) for i in range(30)]
+        pid = int(wait_for_pid_file(pid_path))
+        os.kill(pid, signal.SIGKILL)
+        assert isinstance(victim.exception(timeout=30), WorkerLostError)
+        assert [f.result(timeout=30) for f in queued] == [str(i) for i in range(30)]
+        assert_started_once(log, ["victim", *range(30)])
+        assert ex.stats().workers_replaced["crash"] == 1
+
+
+@pytest.mark.timeout(90)
+def test_tasks_batched_with_a_crashing_task_run_exactly_once(tmp_path):
+    """A task that kills its worker in the middle of a stream of short tasks (sent in batches
+    and pipelined): those before it are not run again, those behind it are run once."""
+    log = str(tmp_path / "starts")
+    with SafeProcessPoolExecutor(max_workers=2) as ex:
+        warm_up(ex)
+        before = [ex.submit(tasks.record_start, log, str(i)) for i in range(60)]
+        victim = ex.submit(tasks.record_then, log, "victim", "kill_self")
+        after = [ex.submit(tasks.record_start, log, str(i)) for i in range(60, 120)]
+        assert isinstance(victim.exception(timeout=30), WorkerLostError)
+        assert [f.result(timeout=30) for f in before + after] == [str(i) for i in range(120)]
+        assert_started_once(log, ["victim", *range(120)])
+        assert ex.stats().workers_replaced["crash"] == 1
 
 
 @pytest.mark.timeout(60)
-def test_task_killing_its_own_worker():
+def test_task_killing_its_own_worker(tmp_path):
     with SafeProcessPoolExecutor(max_workers=2) as ex:
         before = [ex.submit(tasks.square, i) for i in range(5)]
         victim = ex.submit(tasks.kill_self, signal.SIGKILL)
@@ -80,11 +122,11 @@ def test_task_killing_its_own_worker():
         assert exc.signal == signal.SIGKILL
         assert "kill_self" in str(exc)
         assert [f.result(timeout=30) for f in before + after] == [i * i for i in range(10)]
-        assert_pool_serves(ex, exc.pid)
+        assert_pool_serves(ex, exc.pid, 2, tmp_path / "meet")
 
 
 @pytest.mark.timeout(60)
-def test_os_exit_fails_only_that_task(ctx):
+def test_os_exit_fails_only_that_task(ctx, tmp_path):
     with SafeProcessPoolExecutor(max_workers=2, mp_context=ctx) as ex:
         others = [ex.submit(tasks.square, i) for i in range(10)]
         victim = ex.submit(tasks.exit_now, 3)
@@ -98,11 +140,11 @@ def test_os_exit_fails_only_that_task(ctx):
         assert "exit" in message and "3" in message
         assert "exit_now" in message
         assert [f.result(timeout=30) for f in others + more] == [i * i for i in range(20)]
-        assert_pool_serves(ex, exc.pid)
+        assert_pool_serves(ex, exc.pid, 2, tmp_path / "meet")
 
 
 @pytest.mark.timeout(60)
-def test_segfault_fails_only_that_task():
+def test_segfault_fails_only_that_task(tmp_path):
     with SafeProcessPoolExecutor(max_workers=2) as ex:
         others = [ex.submit(tasks.square, i) for i in range(10)]
         victim = ex.submit(tasks.segfault)
@@ -113,7 +155,7 @@ def test_segfault_fails_only_that_task():
         message = str(exc)
         assert "SIGSEGV" in message and str(exc.pid) in message and "segfault" in message
         assert [f.result(timeout=30) for f in others + more] == [i * i for i in range(20)]
-        assert_pool_serves(ex, exc.pid)
+        assert_pool_serves(ex, exc.pid, 2, tmp_path / "meet")
 
 
 @pytest.mark.timeout(90)

@@ -15,7 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 import tasks
-from conftest import wait_for_pid_file, wait_until
+from conftest import assert_started_once, wait_for_pid_file, wait_until
 from hardening_helpers import (  # noqa: F401  (clean, quiet, stdlib_helpers: fixtures)
     clean,
     gone,
@@ -226,6 +226,37 @@ def test_submit_racing_shutdown_never_leaves_a_future_pending():
     if "future" in outcome:
         future = outcome["future"]
         wait_until(future.done, 10, message="the racing submit's future to settle")
-        assert settled(future) == 5 or isinstance(settled(future), BaseException)
+        # Accepted before shutdown() (which does not cancel): it must run, like all the rest.
+        assert settled(future) == 5
     else:
-        assert "refused" in outcome
+        refused = outcome["refused"]
+        assert type(refused) is RuntimeError and "shutdown" in str(refused), repr(refused)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("workers", ["not_started", "in_initializer"])
+def test_shutdown_cancel_futures_before_the_workers_started(tmp_path, workers):
+    """shutdown(cancel_futures=True) on a pool whose workers have not started: before any
+    worker process exists, or while every worker is still in its initializer. What had not
+    started is cancelled and never runs; at most what the stdlib cannot cancel either (its
+    call queue: max_workers + 1 tasks) is not cancelled, and it runs exactly once."""
+    log, release = str(tmp_path / "starts"), str(tmp_path / "release")
+    init_pid = str(tmp_path / "init")
+    n, max_workers = 20, 2
+    kwargs = {} if workers == "not_started" else {
+        "initializer": tasks.park_until_file, "initargs": (init_pid, release)}
+    ex = SafeProcessPoolExecutor(max_workers, **kwargs)
+    try:
+        futures = [ex.submit(tasks.record_start, log, str(i)) for i in range(n)]
+        if workers == "in_initializer":
+            wait_for_pid_file(init_pid)  # a worker process exists, and waits in its initializer
+        ex.shutdown(wait=False, cancel_futures=True)
+    finally:
+        open(release, "w").close()
+    assert returns_within(ex.shutdown, 30, "shutdown()") is True
+    assert all(f.done() for f in futures), "a future was left pending"
+    ran = [str(i) for i, f in enumerate(futures) if not f.cancelled()]
+    assert len(ran) <= max_workers + 1, f"not cancelled: {ran}"
+    for i in ran:
+        assert futures[int(i)].result() == i
+    assert_started_once(log, ran)  # and no cancelled task ever started
