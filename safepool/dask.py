@@ -389,10 +389,11 @@ class DaskExecutor(Executor):
             in the executor, where ``cancel()`` and ``shutdown(cancel_futures=True)`` can
             still take them back. Default: twice the cluster's threads, looked up again as
             workers come and go.
-        task_timeout, initializer, initargs, max_tasks_per_child, cancel_running,
-        max_worker_lifetime, max_worker_memory: as for ``SafeProcessPoolExecutor``; they
-            apply to the pool on each Dask worker (an initializer runs once per process of
-            each remote pool).
+        task_timeout, initializer, initargs, max_tasks_per_child, max_worker_lifetime,
+        max_worker_memory: as for ``SafeProcessPoolExecutor``; they apply to the pool on
+            each Dask worker (an initializer runs once per process of each remote pool).
+            (``cancel_running`` is not offered: a task handed to the cluster cannot be
+            cancelled, see docs/dask.rst.)
         pool_size: processes of the pool on each Dask worker; default its ``nthreads``.
         start_method: "forkserver" or "spawn" for the remote pools.
         n_workers, threads_per_worker, cluster_options: for the ``LocalCluster`` started when
@@ -405,7 +406,7 @@ class DaskExecutor(Executor):
     def __init__(self, address: Any = None, *, max_workers: Optional[int] = None,
                  task_timeout: Optional[float] = None,
                  initializer: Optional[Callable[..., Any]] = None, initargs: Tuple = (),
-                 max_tasks_per_child: Optional[int] = None, cancel_running: bool = False,
+                 max_tasks_per_child: Optional[int] = None,
                  max_worker_lifetime: Optional[float] = None,
                  max_worker_memory: Optional[int] = None, pool_size: Optional[int] = None,
                  start_method: Optional[str] = None, n_workers: Optional[int] = None,
@@ -419,7 +420,7 @@ class DaskExecutor(Executor):
         # that a mistake is an error now and not a failed plugin on every worker.
         options = dict(initializer=initializer, initargs=tuple(initargs),
                        max_tasks_per_child=max_tasks_per_child, task_timeout=task_timeout,
-                       cancel_running=cancel_running, max_worker_lifetime=max_worker_lifetime,
+                       max_worker_lifetime=max_worker_lifetime,
                        max_worker_memory=max_worker_memory)
         SafeProcessPoolExecutor(max_workers=pool_size or 1, **options).shutdown()
         options["max_workers"] = pool_size
