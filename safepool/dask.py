@@ -44,7 +44,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from ._executor import SafeProcessPoolExecutor
 from ._stats import CAUSES, PoolStats
-from .errors import RemoteTraceback, TaskPicklingError
+from .errors import RemoteTraceback, TaskPicklingError, TaskUnpicklingError
 
 __all__ = ["DaskExecutor", "SafepoolPlugin", "WorkerPool", "install", "uninstall"]
 
@@ -66,7 +66,13 @@ def _call_pickled(payload: bytes) -> bytes:
     cloudpickle so that a result or exception whose class lives in the client's ``__main__``
     survives the way back. A crash or a timeout never gets here: the pool reports those.
     """
-    fn, args, kwargs = cloudpickle.loads(payload)
+    try:
+        fn, args, kwargs = cloudpickle.loads(payload)
+    except BaseException as exc:  # noqa: B036 - even SystemExit: the task never started
+        # As the local pool reports it: this task fails, with an error that is still a
+        # BrokenProcessPool, and the pool keeps serving.
+        raise TaskUnpicklingError(f"could not unpickle the task in the worker: "
+                                  f"{type(exc).__name__}: {exc}") from exc
     try:
         outcome = (True, fn(*args, **kwargs))
     except BaseException as exc:  # noqa: B036 - the stdlib reports SystemExit here too
@@ -74,10 +80,13 @@ def _call_pickled(payload: bytes) -> bytes:
     del fn, args, kwargs
     try:
         return cloudpickle.dumps(outcome)
-    except Exception as exc:
-        what = "result" if outcome[0] else f"exception {type(outcome[1]).__name__}"
-        err = TaskPicklingError(f"could not pickle the task's {what} to send it back: "
-                                f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:  # noqa: B036 - a __reduce__ that calls sys.exit(), too
+        if isinstance(exc, Exception):
+            what = "result" if outcome[0] else f"exception {type(outcome[1]).__name__}"
+            err = TaskPicklingError(f"could not pickle the task's {what} to send it back: "
+                                    f"{type(exc).__name__}: {exc}")
+        else:  # SystemExit while pickling: the task's error, as the stdlib reports it
+            err = exc
         return cloudpickle.dumps((False, err, traceback.format_exc()))
 
 
@@ -137,7 +146,11 @@ def _add_note(exc: BaseException, text: str) -> None:
 def _unpack(outcome_bytes: bytes) -> Any:
     """The result of :func:`_call_pickled`, or raise its exception with the remote traceback
     as ``__cause__``, as the local pool does."""
-    outcome = cloudpickle.loads(outcome_bytes)
+    try:
+        outcome = cloudpickle.loads(outcome_bytes)
+    except BaseException as exc:  # noqa: B036 - a __reduce__ that calls sys.exit(), too
+        raise TaskUnpicklingError(f"could not unpickle the task's result: "
+                                  f"{type(exc).__name__}: {exc}") from exc
     if outcome[0]:
         return outcome[1]
     _, exc, tb_text = outcome
@@ -176,8 +189,14 @@ class _PoolFuture(Future):
             return
         try:
             value = _unpack(inner.result())
-        except BaseException as err:  # noqa: B036 - the task's own exception, passed on
+        except Exception as err:  # the task's own exception, passed on
             self.set_exception(err)
+        except BaseException as err:  # noqa: B036
+            # SystemExit or KeyboardInterrupt from a task must not reach the Dask worker:
+            # raised from an executor there, they shut the whole worker down.
+            wrapped = RuntimeError(f"the task raised {err!r}")
+            wrapped.__cause__ = err
+            self.set_exception(wrapped)
         else:
             self.set_result(value)
 
@@ -366,14 +385,23 @@ def _key_prefix(qualname: str) -> str:
 
 
 _live_executors: "weakref.WeakSet[DaskExecutor]" = weakref.WeakSet()
+_interpreter_exiting = False
 
 
-@atexit.register
 def _at_exit() -> None:
-    # Registered after distributed's own exit handlers, so it runs before them: the remote
-    # pools are shut down while the client can still reach the cluster.
+    """At interpreter exit, finish the accepted work and remove the pools, as the stdlib's
+    executors finish theirs. It runs before distributed's own exit handlers, while the
+    client can still reach the cluster."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
     for executor in list(_live_executors):
-        executor.shutdown(wait=True, cancel_futures=True, timeout=_TEARDOWN_GRACE)
+        executor.shutdown(wait=True)
+
+
+if hasattr(threading, "_register_atexit"):  # 3.9+: before atexit handlers, as the stdlib's
+    threading._register_atexit(_at_exit)
+else:  # pragma: no cover - Python 3.8
+    atexit.register(_at_exit)
 
 
 class DaskExecutor(Executor):
@@ -531,6 +559,8 @@ class DaskExecutor(Executor):
     def _check_open(self) -> None:
         if self._shutdown_flag:
             raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: Optional[float] = None, chunksize: int = 1,
@@ -671,6 +701,9 @@ class DaskExecutor(Executor):
                 message = self._inbox.get()
                 if message is not None:
                     self._deliver(*message)
+                    # Held until the next message, it would keep the future and so its
+                    # result alive after the caller let go of them (bpo-14406).
+                    message = None
                 self._dispatch()
                 with self._lock:
                     idle = not self._pending and not self._in_flight
@@ -691,11 +724,23 @@ class DaskExecutor(Executor):
                 if not item.future.set_running_or_notify_cancel():
                     continue
                 key = f"{_key_prefix(item.names[1])}-{uuid.uuid4().hex}"
-                dask_future = self._client.submit(_run_in_pool, self._name, item.payload,
-                                                  item.timeout, item.names, key=key, pure=False)
-                self._in_flight[item.future] = dask_future
+                try:
+                    dask_future = self._client.submit(_run_in_pool, self._name, item.payload,
+                                                      item.timeout, item.names, key=key,
+                                                      pure=False)
+                except Exception as exc:  # the client is closed, say: this task fails
+                    dask_future = None
+                    self._counts["failed"] += 1
+                    error = exc
+                else:
+                    self._in_flight[item.future] = dask_future
             item.payload = b""
+            if dask_future is None:
+                item.future.set_exception(error)  # outside the lock: callbacks run here
+                del error
+                continue
             self._client.loop.add_callback(self._relay, dask_future, item.future)
+            del item, dask_future
 
     async def _relay(self, dask_future, future: Future) -> None:
         """On the client's event loop: fetch one outcome and pass it to the dispatcher thread
