@@ -28,11 +28,21 @@ pytestmark = [pytest.mark.dask, pytest.mark.timeout(120)]
 
 @pytest.fixture(scope="module")
 def client():
+    """The module's cluster. After it closes, every process it had is gone: the Dask
+    processes, and what ran under the Dask workers (pools, their fork servers), which an
+    exiting Dask worker would leave to init rather than to us, so they are tracked by pid."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    seen = set()
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=":0") as cluster:
         with distributed.Client(cluster, set_as_default=False) as client:
             client.wait_for_workers(2)
             yield client
+            seen.update(p.pid for p in psutil.Process().children(recursive=True))
+            seen.update(pool_pids(client))
+    seen -= before
+    for pid in seen:
+        wait_until(lambda pid=pid: gone(pid), message=f"process {pid} of the cluster to end")
 
 
 def dask_worker_pids(client):
@@ -270,10 +280,11 @@ def test_pools_are_removed_at_shutdown(client):
         name = ex.pool_name
         assert all(name in names for names in
                    client.run(lambda dask_worker: list(dask_worker.executors)).values())
+        assert [p for p in pool_pids(client) if not is_helper(p)]
     assert not any(name in names for names in
                    client.run(lambda dask_worker: list(dask_worker.executors)).values())
-    # Only the fork servers of the Dask workers and their resource trackers (helpers that
-    # live as long as the Dask worker) remain.
+    # At most the Dask workers' own multiprocessing helpers (a fork server, a resource tracker:
+    # they live as long as the Dask worker) remain.
     wait_until(lambda: not [p for p in pool_pids(client) if not is_helper(p)],
                message=f"pool processes of the Dask workers to end: {pool_pids(client)}")
 
@@ -288,13 +299,16 @@ def test_own_local_cluster_leaves_nothing_behind(tmp_path):
                       cluster_options={"dashboard_address": ":0"}) as ex:
         dask_pids = dask_worker_pids(ex.client)
         assert ex.submit(tasks.square, 6).result(timeout=60) == 36
+        under_dask = pool_pids(ex.client)  # the pools' processes (and any fork server)
+        assert under_dask
         stuck = ex.schedule(tasks.park_with_child, (path,), timeout=2.0)
         worker_pid, child_pid = map(int, wait_for_pid_file(path).split())
         with pytest.raises(TaskTimeoutError):
             stuck.result(timeout=60)
         with pytest.raises(WorkerLostError):
             ex.submit(tasks.kill_self).result(timeout=60)
-    for pid in dask_pids + [worker_pid, child_pid]:
+        under_dask |= pool_pids(ex.client)
+    for pid in dask_pids + [worker_pid, child_pid] + sorted(under_dask):
         wait_until(lambda pid=pid: gone(pid), message=f"process {pid} to be gone")
     left = [p for p in leftover_children() if p[0] not in before]
     deadline = time.monotonic() + 15
