@@ -35,6 +35,7 @@ import uuid
 import weakref
 from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import cloudpickle
@@ -217,6 +218,8 @@ class WorkerPool(Executor):
 
     def __init__(self, pool: SafeProcessPoolExecutor):
         self.pool = pool
+        #: The futures of DaskExecutor tasks running here, by Dask key (for cancel()).
+        self.by_key: Dict[str, Future] = {}
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         return self.schedule(fn, args, kwargs)
@@ -337,12 +340,28 @@ def _pool_here(name: str, worker=None) -> WorkerPool:
 
 
 async def _run_in_pool(name: str, payload: bytes, timeout: Optional[float],
-                       names: Tuple[Optional[str], str]) -> bytes:
+                       names: Tuple[Optional[str], str], key: str) -> bytes:
     """The Dask task :class:`DaskExecutor` submits: hand the call to this worker's pool and
     wait for it without holding a thread (a coroutine task runs on the worker's event loop).
-    Returns the pickled outcome; the client unpickles it."""
-    future = _pool_here(name).schedule_pickled(payload, timeout, names, unpack=False)
-    return await asyncio.wrap_future(future)
+    Returns the pickled outcome; the client unpickles it. While it runs, the pool's future is
+    findable by the task's key, for :func:`_remote_cancel`."""
+    pool = _pool_here(name)
+    future = pool.schedule_pickled(payload, timeout, names, unpack=False)
+    pool.by_key[key] = future
+    try:
+        return await asyncio.wrap_future(future)
+    finally:
+        pool.by_key.pop(key, None)
+
+
+def _remote_cancel(name: str, key: str, dask_worker=None) -> bool:
+    """Run by ``client.run``: cancel the task ``key`` if it runs in this worker's pool (with
+    ``cancel_running`` the pool stops its process)."""
+    try:
+        future = _pool_here(name, dask_worker).by_key.get(key)
+    except RuntimeError:
+        return False
+    return future is not None and future.cancel()
 
 
 def _remote_stats(name: str, dask_worker=None) -> Optional[dict]:
@@ -377,6 +396,34 @@ class _Item:
         self.payload = payload
         self.timeout = timeout
         self.names = names
+
+
+class _DaskFuture(Future):
+    """A DaskExecutor's future: with ``cancel_running=True``, ``cancel()`` also works while
+    the task runs on the cluster. The future ends cancelled at once; the executor then asks
+    the pool running it to stop its process, and drops a result that still arrives."""
+
+    _executor_ref = None  # weakref.ref to the DaskExecutor, set when cancel_running is on
+
+    def set_running_or_notify_cancel(self) -> bool:
+        with self._condition:
+            if self._state == CANCELLED_AND_NOTIFIED:
+                return False  # cancel() told the waiters already
+            return super().set_running_or_notify_cancel()
+
+    def cancel(self) -> bool:
+        executor = self._executor_ref() if self._executor_ref is not None else None
+        with self._condition:
+            running = self._state == RUNNING and executor is not None
+            if running:
+                self._state = CANCELLED
+                self._condition.notify_all()
+        if not running:
+            return super().cancel()
+        self.set_running_or_notify_cancel()  # tell wait() and as_completed()
+        self._invoke_callbacks()
+        executor._cancel_running_task(self)
+        return True
 
 
 def _key_prefix(qualname: str) -> str:
@@ -420,8 +467,9 @@ class DaskExecutor(Executor):
         task_timeout, initializer, initargs, max_tasks_per_child, max_worker_lifetime,
         max_worker_memory: as for ``SafeProcessPoolExecutor``; they apply to the pool on
             each Dask worker (an initializer runs once per process of each remote pool).
-            (``cancel_running`` is not offered: a task handed to the cluster cannot be
-            cancelled, see docs/dask.rst.)
+        cancel_running: let ``future.cancel()`` stop a task already on the cluster: the
+            future ends cancelled at once, the pool running the task stops its process (or
+            Dask drops the task if it had not started), a late result is dropped.
         pool_size: processes of the pool on each Dask worker; default its ``nthreads``.
         start_method: "forkserver" or "spawn" for the remote pools.
         n_workers, threads_per_worker, cluster_options: for the ``LocalCluster`` started when
@@ -434,7 +482,7 @@ class DaskExecutor(Executor):
     def __init__(self, address: Any = None, *, max_workers: Optional[int] = None,
                  task_timeout: Optional[float] = None,
                  initializer: Optional[Callable[..., Any]] = None, initargs: Tuple = (),
-                 max_tasks_per_child: Optional[int] = None,
+                 max_tasks_per_child: Optional[int] = None, cancel_running: bool = False,
                  max_worker_lifetime: Optional[float] = None,
                  max_worker_memory: Optional[int] = None, pool_size: Optional[int] = None,
                  start_method: Optional[str] = None, n_workers: Optional[int] = None,
@@ -448,7 +496,7 @@ class DaskExecutor(Executor):
         # that a mistake is an error now and not a failed plugin on every worker.
         options = dict(initializer=initializer, initargs=tuple(initargs),
                        max_tasks_per_child=max_tasks_per_child, task_timeout=task_timeout,
-                       max_worker_lifetime=max_worker_lifetime,
+                       cancel_running=cancel_running, max_worker_lifetime=max_worker_lifetime,
                        max_worker_memory=max_worker_memory)
         SafeProcessPoolExecutor(max_workers=pool_size or 1, **options).shutdown()
         options["max_workers"] = pool_size
@@ -461,6 +509,7 @@ class DaskExecutor(Executor):
         self._client = self._connect(address, n_workers, threads_per_worker, cluster_options)
         self._name = f"safepool-{uuid.uuid4().hex[:12]}"
         self._task_timeout = task_timeout
+        self._cancel_running = cancel_running
         self._max_workers = max_workers
         try:
             install(self._client, self._name, **options)
@@ -534,7 +583,9 @@ class DaskExecutor(Executor):
 
     def _submit(self, fn, args, kwargs, timeout) -> Future:
         self._check_open()
-        future: Future = Future()
+        future = _DaskFuture()
+        if self._cancel_running:
+            future._executor_ref = weakref.ref(self)
         names = _names(fn)
         try:
             payload = cloudpickle.dumps((fn, args, kwargs))
@@ -699,8 +750,12 @@ class DaskExecutor(Executor):
         try:
             while True:
                 message = self._inbox.get()
-                if message is not None:
-                    self._deliver(*message)
+                if message is None:
+                    pass
+                elif message[0] == "cancel":
+                    self._stop_remote(message[1])
+                else:
+                    self._deliver(*message[1:])
                     # Held until the next message, it would keep the future and so its
                     # result alive after the caller let go of them (bpo-14406).
                     message = None
@@ -726,7 +781,7 @@ class DaskExecutor(Executor):
                 key = f"{_key_prefix(item.names[1])}-{uuid.uuid4().hex}"
                 try:
                     dask_future = self._client.submit(_run_in_pool, self._name, item.payload,
-                                                      item.timeout, item.names, key=key,
+                                                      item.timeout, item.names, key, key=key,
                                                       pure=False)
                 except Exception as exc:  # the client is closed, say: this task fails
                     dask_future = None
@@ -747,9 +802,9 @@ class DaskExecutor(Executor):
         (done-callbacks must not run on the event loop: one that waits would stop it)."""
         try:
             value = await self._client.gather(dask_future, asynchronous=True)
-            message = (future, True, value)
+            message = ("done", future, True, value)
         except BaseException as exc:  # noqa: B036 - passed on to the future
-            message = (future, False, exc)
+            message = ("done", future, False, exc)
         self._inbox.put(message)
 
     def _deliver(self, future: Future, ok: bool, value: Any) -> None:
@@ -769,12 +824,31 @@ class DaskExecutor(Executor):
             err = CancelledError(f"the task was cancelled on the Dask cluster: {value}")
             err.__cause__ = value
             value = err
+        if future.done():  # cancelled while it ran (cancel_running): the outcome is dropped
+            return
         self._count("completed" if ok else "failed")
         if ok:
             future.set_result(value)
         else:
             future.set_exception(value)
         del value
+
+    def _cancel_running_task(self, future: Future) -> None:
+        """Called by a running future's cancel(): the dispatcher stops it on the cluster."""
+        self._count("cancelled")
+        self._inbox.put(("cancel", future))
+
+    def _stop_remote(self, future: Future) -> None:
+        with self._lock:
+            dask_future = self._in_flight.get(future)
+        if dask_future is None:  # its outcome is in already
+            return
+        try:
+            # Stops it in the pool that runs it; and if it has not started, Dask drops it.
+            self._client.run(_remote_cancel, self._name, dask_future.key)
+            dask_future.cancel()
+        except Exception:  # the cluster is gone: nothing runs there any more
+            pass
 
     def _fail_everything(self, exc: BaseException) -> None:
         with self._lock:

@@ -174,6 +174,34 @@ def test_cancel_a_queued_future(client, tmp_path):
     assert not os.path.exists(tmp_path / "ran")
 
 
+def test_cancel_running_stops_the_task_on_the_cluster(client, tmp_path):
+    before = dask_worker_pids(client)
+    path = str(tmp_path / "pid")
+    with DaskExecutor(client, cancel_running=True) as ex:
+        stuck = ex.submit(tasks.park, path)
+        pid = int(wait_for_pid_file(path))
+        assert stuck.running()
+        assert stuck.cancel()
+        assert stuck.cancelled()
+        wait_until(lambda: gone(pid), message=f"cancelled task's process {pid} to be gone")
+        assert ex.submit(tasks.square, 5).result(timeout=60) == 25
+        wait_until(lambda: ex.stats().workers_replaced["cancel"] == 1,
+                   message="the pool to count the cancelled task's process")
+        assert ex.stats().tasks_cancelled == 1
+    assert stuck.cancelled()  # a late outcome did not overwrite it
+    assert dask_worker_pids(client) == before
+
+
+def test_without_cancel_running_a_running_task_cannot_be_cancelled(client, tmp_path):
+    release = str(tmp_path / "release")
+    with DaskExecutor(client) as ex:
+        running = ex.submit(tasks.park_until_file, str(tmp_path / "pid"), release, "done")
+        wait_for_pid_file(str(tmp_path / "pid"))
+        assert not running.cancel()
+        tasks.touch(release)
+        assert running.result(timeout=60) == "done"
+
+
 def test_shutdown_timeout_stops_what_still_runs(client, tmp_path):
     before = dask_worker_pids(client)
     path = str(tmp_path / "pid")
