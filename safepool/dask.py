@@ -33,7 +33,7 @@ import time
 import traceback
 import uuid
 import weakref
-from concurrent.futures import CancelledError, Executor, Future
+from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -641,9 +641,9 @@ class DaskExecutor(Executor):
             raise ValueError(f"timeout must be > 0 or None, not {timeout!r}")
         with self._lock:
             self._shutdown_flag = True
-            if cancel_futures:
-                self._cancel_pending()
             started = self._thread is not None
+        if cancel_futures:
+            self._cancel_pending()
         if not started:
             self._close()
             return True
@@ -653,8 +653,7 @@ class DaskExecutor(Executor):
         if self._closed.wait(timeout):
             return True
         # Too late: stop what runs, then wait (boundedly) for its futures to fail.
-        with self._lock:
-            self._cancel_pending()
+        self._cancel_pending()
         self._force_remote(kill=False)
         self._closed.wait(_TEARDOWN_GRACE + 30)
         return False
@@ -671,8 +670,8 @@ class DaskExecutor(Executor):
     def _force_stop(self, kill: bool) -> None:
         with self._lock:
             self._shutdown_flag = True
-            self._cancel_pending()
             started = self._thread is not None
+        self._cancel_pending()
         if started:
             self._force_remote(kill)
         self.shutdown(wait=True)
@@ -684,10 +683,14 @@ class DaskExecutor(Executor):
             pass
 
     def _cancel_pending(self) -> None:
-        while self._pending:
-            item = self._pending.popleft()
-            if item.future.cancel():
-                self._counts["cancelled"] += 1
+        """Cancel every task not handed to the cluster. Called without the lock: cancel()
+        runs done-callbacks, and a callback may call any method of the executor."""
+        with self._lock:
+            items = list(self._pending)
+            self._pending.clear()
+        cancelled = sum(1 for item in items if item.future.cancel())
+        with self._lock:
+            self._counts["cancelled"] += cancelled
 
     def stats(self) -> PoolStats:
         """Tasks as this executor counts them, workers summed over the pools on the cluster
@@ -824,14 +827,18 @@ class DaskExecutor(Executor):
             err = CancelledError(f"the task was cancelled on the Dask cluster: {value}")
             err.__cause__ = value
             value = err
-        if future.done():  # cancelled while it ran (cancel_running): the outcome is dropped
-            return
-        self._count("completed" if ok else "failed")
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-        del value
+        outcome = "completed" if ok else "failed"
+        self._count(outcome)  # before the future is done: whoever waits on it sees the count
+        try:
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        except InvalidStateError:  # cancelled while it ran (cancel_running): dropped
+            with self._lock:
+                self._counts[outcome] -= 1
+        finally:
+            del value
 
     def _cancel_running_task(self, future: Future) -> None:
         """Called by a running future's cancel(): the dispatcher stops it on the cluster."""

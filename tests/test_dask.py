@@ -161,6 +161,31 @@ def test_shutdown_cancel_futures_cancels_what_had_not_started(client, tmp_path):
     assert ex.stats().tasks_cancelled == 6
 
 
+def test_done_callbacks_may_call_the_executor(client, tmp_path):
+    """Callbacks run under no lock of the executor: one that calls it does not deadlock,
+    neither from shutdown(cancel_futures=True) nor from the dispatcher thread."""
+    release = str(tmp_path / "release")
+    seen = []
+    with DaskExecutor(client, max_workers=1) as ex:
+        first = ex.submit(tasks.park_until_file, str(tmp_path / "pid"), release, 1)
+        wait_for_pid_file(str(tmp_path / "pid"))
+        first.add_done_callback(lambda f: seen.append(ex.stats().tasks_completed))
+        queued = ex.submit(tasks.square, 2)
+
+        def resubmit(future):
+            try:
+                ex.submit(tasks.square, 3)
+            except RuntimeError as exc:
+                seen.append(str(exc))
+
+        queued.add_done_callback(resubmit)
+        ex.shutdown(wait=False, cancel_futures=True)
+        assert queued.cancelled()
+        tasks.touch(release)
+        assert first.result(timeout=60) == 1
+    assert seen == ["cannot schedule new futures after shutdown", 1]
+
+
 def test_cancel_a_queued_future(client, tmp_path):
     release = str(tmp_path / "release")
     with DaskExecutor(client, max_workers=1) as ex:
