@@ -25,6 +25,7 @@ bytes, which the safepool worker loads again (:func:`_call_pickled`).
 import asyncio
 import atexit
 import collections
+import functools
 import itertools
 import multiprocessing
 import queue
@@ -301,11 +302,14 @@ class SafepoolPlugin(WorkerPlugin):
             old.shutdown(wait=False, cancel_futures=True)
         worker.executors[self.name] = WorkerPool(SafeProcessPoolExecutor(**options))
 
-    def teardown(self, worker) -> None:
+    async def teardown(self, worker) -> None:
         pool = worker.executors.pop(self.name, None)
         if isinstance(pool, WorkerPool):
+            # In a thread: the worker's event loop (heartbeats, other tasks) must not wait.
             # Bounded: what still runs after the grace period is stopped (stop ladder).
-            pool.shutdown(wait=True, cancel_futures=True, timeout=_TEARDOWN_GRACE)
+            await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(pool.shutdown, wait=True, cancel_futures=True,
+                                        timeout=_TEARDOWN_GRACE))
 
 
 #: Seconds a pool's running tasks get to finish when its plugin is removed.
