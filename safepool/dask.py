@@ -36,7 +36,7 @@ import uuid
 import weakref
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FuturesTimeoutError
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import cloudpickle
@@ -407,7 +407,8 @@ class _DaskFuture(Future):
     the task runs on the cluster. The future ends cancelled at once; the executor then asks
     the pool running it to stop its process, and drops a result that still arrives."""
 
-    _executor_ref = None  # weakref.ref to the DaskExecutor, set when cancel_running is on
+    _executor_ref = None  # weakref.ref to the DaskExecutor: a future must not keep it alive
+    _cancel_running = False
 
     def set_running_or_notify_cancel(self) -> bool:
         with self._condition:
@@ -418,15 +419,21 @@ class _DaskFuture(Future):
     def cancel(self) -> bool:
         executor = self._executor_ref() if self._executor_ref is not None else None
         with self._condition:
-            running = self._state == RUNNING and executor is not None
-            if running:
+            state = self._state
+            if state == PENDING or (state == RUNNING and self._cancel_running):
                 self._state = CANCELLED
                 self._condition.notify_all()
-        if not running:
-            return super().cancel()
-        self.set_running_or_notify_cancel()  # tell wait() and as_completed()
+            else:
+                state = None
+        if state is None:
+            return super().cancel()  # FINISHED or RUNNING: False; already cancelled: True
+        self.set_running_or_notify_cancel()  # tell wait() and as_completed() now
         self._invoke_callbacks()
-        executor._cancel_running_task(self)
+        if executor is not None:
+            if state == PENDING:
+                executor._count("cancelled")
+            else:
+                executor._cancel_running_task(self)
         return True
 
 
@@ -588,8 +595,8 @@ class DaskExecutor(Executor):
     def _submit(self, fn, args, kwargs, timeout) -> Future:
         self._check_open()
         future = _DaskFuture()
-        if self._cancel_running:
-            future._executor_ref = weakref.ref(self)
+        future._executor_ref = weakref.ref(self)
+        future._cancel_running = self._cancel_running
         names = _names(fn)
         try:
             payload = cloudpickle.dumps((fn, args, kwargs))
@@ -692,9 +699,8 @@ class DaskExecutor(Executor):
         with self._lock:
             items = list(self._pending)
             self._pending.clear()
-        cancelled = sum(1 for item in items if item.future.cancel())
-        with self._lock:
-            self._counts["cancelled"] += cancelled
+        for item in items:
+            item.future.cancel()  # counted by the future
 
     def stats(self) -> PoolStats:
         """Tasks as this executor counts them, workers summed over the pools on the cluster

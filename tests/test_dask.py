@@ -194,6 +194,7 @@ def test_cancel_a_queued_future(client, tmp_path):
         second = ex.submit(tasks.touch, str(tmp_path / "ran"), "second")
         assert second.cancel()
         assert not first.cancel()  # handed to the cluster: running
+        assert ex.stats().tasks_cancelled == 1
         tasks.touch(release)
         assert first.result(timeout=60) == "first"
     assert not os.path.exists(tmp_path / "ran")
