@@ -22,6 +22,7 @@ _EXPORTS = {
     "TaskPicklingError": ".errors",
     "TaskUnpicklingError": ".errors",
     "RemoteTraceback": ".errors",
+    "executor": "._factory",
 }
 
 __all__ = list(_EXPORTS)
