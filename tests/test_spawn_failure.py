@@ -170,9 +170,6 @@ def assert_clear_thread_error(outcome):
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: once the manager thread failed to start, later submit()s return futures that "
-    "never resolve and shutdown() waits forever; fixed by the core rework"))
 def test_manager_thread_that_cannot_start(tmp_path):
     code, report, stderr = run_no_manager_thread(tmp_path, "calls", 60)
     assert code == 0 and report is not None, stderr[-3000:]
@@ -191,9 +188,6 @@ def test_manager_thread_that_cannot_start(tmp_path):
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: once the manager thread failed to start, interpreter exit waits forever for a "
-    "manager that never ran; fixed by the core rework"))
 def test_interpreter_exit_after_the_manager_thread_could_not_start(tmp_path):
     code, report, stderr = run_no_manager_thread(tmp_path, "exit", 20)
     assert report is not None, stderr[-3000:]

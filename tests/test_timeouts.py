@@ -127,10 +127,7 @@ def test_other_queued_tasks_survive_a_timeout(clean_process, tmp_path):
 @pytest.mark.parametrize("stuck", [
     "park",  # dies of the SIGTERM that stops it
     # Catches SIGTERM and returns: its worker lives on until SIGKILL, a second later.
-    pytest.param("return_on_sigterm", marks=pytest.mark.xfail(strict=True, reason=(
-        "core bug: tasks pipelined behind a timed-out task are put back in the queue while "
-        "its worker, which survives SIGTERM for TERM_GRACE, goes on to run them: they run "
-        "twice; fixed by the core rework (workers acknowledge STARTED)"))),
+    "return_on_sigterm",
 ])
 def test_tasks_queued_behind_a_timed_out_task_run_exactly_once(clean_process, tmp_path, stuck):
     """The pool warm and busy, tasks queued behind one that times out: each of them starts
