@@ -33,6 +33,10 @@ class PoolStats:
     tasks_cancelled: int = 0
     late_results_dropped: int = 0
 
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"PoolStats({fields})"
+
     def to_dict(self) -> dict:
         """A plain dict of every field (``workers_replaced`` as a dict too), e.g. for JSON."""
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}

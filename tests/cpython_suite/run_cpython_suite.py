@@ -44,7 +44,7 @@ import unittest
 # test id without its "test.test_concurrent_futures." prefix, e.g.
 # "test_process_pool.ProcessPoolSpawnProcessPoolExecutorTest.test_killed_child".
 # Allowed reasons: the test reads or patches stdlib private internals that safepool does not
-# have, or it asserts stdlib behaviour that safepool changes on purpose (DESIGN.md).
+# have, or it asserts stdlib behaviour that safepool changes on purpose (docs/design.rst).
 # ---------------------------------------------------------------------------------------------
 _PRIVATE = "stdlib private internals: "
 _BY_DESIGN = "by design: "
@@ -68,7 +68,7 @@ EXCLUDED = {
     "test_process_pool.*.test_saturation":
         _BY_DESIGN + "asserts len(executor._processes) == max_workers right after submit(): "
         "the stdlib starts workers synchronously inside submit(), safepool starts them from its "
-        "manager thread (DESIGN.md, 'Workers start clean'), so right after submit() there may "
+        "manager thread (docs/design.rst, 'Workers start clean'), so right after submit() there may "
         "be none yet. (Its tasks, bound methods of a multiprocessing Semaphore, cannot be "
         "pickled and fail in both pools; safepool reports that at submit() and needs no "
         "worker at all.)",
