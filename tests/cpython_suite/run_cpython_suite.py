@@ -68,7 +68,7 @@ EXCLUDED = {
     "test_process_pool.*.test_saturation":
         _BY_DESIGN + "asserts len(executor._processes) == max_workers right after submit(): "
         "the stdlib starts workers synchronously inside submit(), safepool starts them from its "
-        "manager thread (docs/design.rst, 'Workers start clean'), so right after submit() there may "
+        "manager thread (docs/design.rst), so right after submit() there may "
         "be none yet. (Its tasks, bound methods of a multiprocessing Semaphore, cannot be "
         "pickled and fail in both pools; safepool reports that at submit() and needs no "
         "worker at all.)",
