@@ -883,6 +883,10 @@ class PoolManager:
                 if command[0] == "started" and command[1] is not None:
                     command[1].signal(signal.SIGKILL)
                     command[1].reap()
+            # The starter refers back to us: break the cycle, so that the pool (and its
+            # initargs: a Queue's semaphores, say) is freed by reference counting, as the
+            # stdlib's is, not at some later GC pass.
+            self.starter = None
         # Anything still queued can never run now.
         err = self.broken or BrokenProcessPool("the executor has shut down")
         try:
