@@ -9,12 +9,12 @@ import signal
 import threading
 import weakref
 from concurrent.futures import Executor, Future
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from . import _map
+from ._future import CancelNowFuture
 from ._ledger import Task
 from ._manager import PoolManager
 from ._process import resolve_context
@@ -85,7 +85,7 @@ def _task_name(fn: Any) -> str:
     return f"{module}.{qualname}()" if module else f"{qualname}()"
 
 
-class SafeFuture(Future):
+class SafeFuture(CancelNowFuture):
     """The stdlib Future, plus what the pool must know when one is cancelled.
 
     A queued task that is cancelled is counted at once in ``stats()``. With
@@ -96,26 +96,12 @@ class SafeFuture(Future):
 
     _manager_ref = None  # weakref.ref to the PoolManager: a future must not keep a pool alive
     _task_ref = None  # weakref.ref to its Task: no future <-> task cycle keeps arguments alive
-    _cancel_running = False
-
-    def set_running_or_notify_cancel(self) -> bool:
-        with self._condition:  # an RLock: the base method takes it again
-            if self._state == CANCELLED_AND_NOTIFIED:
-                return False  # cancel() told the waiters already
-            return super().set_running_or_notify_cancel()
 
     def _cancel_claimed(self) -> bool:
         """Cancel a future the pool claimed (RUNNING) for a task that never started: taken
         back from its worker after shutdown(cancel_futures=True) or an abandoned map().
         Called by the manager thread, under no safepool lock."""
-        with self._condition:
-            if self._state != RUNNING:
-                return False
-            self._state = CANCELLED
-            self._condition.notify_all()
-        self.set_running_or_notify_cancel()
-        self._invoke_callbacks()
-        return True
+        return self._cancel_from_running()
 
     def _withdraw(self) -> None:
         """Cancel this future, or, if a worker already holds its task, have the task taken
@@ -128,30 +114,16 @@ class SafeFuture(Future):
         if manager is not None and task is not None:
             manager.request("withdraw", [task])
 
-    def cancel(self) -> bool:
-        with self._condition:
-            state = self._state
-            if state == PENDING or (state == RUNNING and self._cancel_running):
-                self._state = CANCELLED
-                self._condition.notify_all()
-            else:
-                state = None
-        if state is None:
-            return super().cancel()  # FINISHED or RUNNING: False; already CANCELLED: True
-        # Tell wait() and as_completed() now. (The stdlib's futures are only told when the
-        # executor next looks at them, so wait() on a cancelled queue can sit out its timeout.)
-        self.set_running_or_notify_cancel()
-        self._invoke_callbacks()
+    def _after_cancel(self, was_running: bool) -> None:
         manager = self._manager_ref() if self._manager_ref is not None else None
         if manager is None:
-            return True
-        if state == PENDING:
+            return
+        if not was_running:
             manager.count("cancelled")
         else:  # running: the manager stops its worker (and counts it)
             task = self._task_ref()
             if task is not None:
                 manager.request("cancel", task)
-        return True
 
 
 class SafeProcessPoolExecutor(Executor):

@@ -275,7 +275,9 @@ class PoolManager:
         if data is None:
             self._drain_wakeup()
             return
-        kind, w = data
+        self._on_worker_event(*data)
+
+    def _on_worker_event(self, kind: str, w: Worker) -> None:
         if self.workers.get(w.pid) is not w:
             return
         try:
@@ -859,9 +861,7 @@ class PoolManager:
         self._next_liveness_check = now + LIVENESS_INTERVAL
         for w in list(self.workers.values()):
             if w.proc.process.exitcode is not None:
-                self._on_event(self.selector.get_key(w.proc.sentinel)
-                               if w.proc.sentinel in self.selector.get_map()
-                               else _Key(("exit", w)))
+                self._on_worker_event("exit", w)
 
     # ---- the end ---------------------------------------------------------------------------
 
@@ -903,11 +903,6 @@ class PoolManager:
 
 
 _ACTIVE = (TaskState.SENT, TaskState.STARTED)
-
-
-class _Key:
-    def __init__(self, data):
-        self.data = data
 
 
 def _load_exception(payload, what: str) -> BaseException:

@@ -36,7 +36,6 @@ import uuid
 import weakref
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FuturesTimeoutError
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import cloudpickle
@@ -45,6 +44,8 @@ import distributed
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ._executor import SafeProcessPoolExecutor
+from ._future import CancelNowFuture
+from ._map import _Progress
 from ._stats import CAUSES, PoolStats
 from .errors import RemoteTraceback, TaskPicklingError, TaskUnpicklingError
 
@@ -402,39 +403,20 @@ class _Item:
         self.names = names
 
 
-class _DaskFuture(Future):
+class _DaskFuture(CancelNowFuture):
     """A DaskExecutor's future: with ``cancel_running=True``, ``cancel()`` also works while
     the task runs on the cluster. The future ends cancelled at once; the executor then asks
     the pool running it to stop its process, and drops a result that still arrives."""
 
     _executor_ref = None  # weakref.ref to the DaskExecutor: a future must not keep it alive
-    _cancel_running = False
 
-    def set_running_or_notify_cancel(self) -> bool:
-        with self._condition:
-            if self._state == CANCELLED_AND_NOTIFIED:
-                return False  # cancel() told the waiters already
-            return super().set_running_or_notify_cancel()
-
-    def cancel(self) -> bool:
+    def _after_cancel(self, was_running: bool) -> None:
         executor = self._executor_ref() if self._executor_ref is not None else None
-        with self._condition:
-            state = self._state
-            if state == PENDING or (state == RUNNING and self._cancel_running):
-                self._state = CANCELLED
-                self._condition.notify_all()
-            else:
-                state = None
-        if state is None:
-            return super().cancel()  # FINISHED or RUNNING: False; already cancelled: True
-        self.set_running_or_notify_cancel()  # tell wait() and as_completed() now
-        self._invoke_callbacks()
         if executor is not None:
-            if state == PENDING:
+            if not was_running:
                 executor._count("cancelled")
             else:
                 executor._cancel_running_task(self)
-        return True
 
 
 def _key_prefix(qualname: str) -> str:
@@ -987,32 +969,4 @@ def _map_results(futures, items, submit, buffersize, end, chunked, tracker, done
             future.cancel()
         if tracker is not None:
             tracker.close()
-
-
-class _Progress:
-    def __init__(self, progress: Any, total: Optional[int]):
-        self.done = 0
-        self.total = total
-        self.bar = None
-        self.callback = None
-        if progress is True:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total)
-        elif callable(progress):
-            self.callback = progress
-        else:
-            raise TypeError("progress must be None, True (a tqdm bar) or a callable "
-                            "progress(done, total)")
-
-    def advance(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.callback is not None:
-            self.callback(self.done, self.total)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 

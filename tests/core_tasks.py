@@ -1,6 +1,7 @@
 """Task functions for the core-promise tests (importable by workers: conftest puts tests/ on
 PYTHONPATH). Each one that matters records its start in a file, so tests can count runs."""
 import os
+import sys
 import time
 
 
@@ -92,3 +93,16 @@ def leave_daemon(path, new_session):
         f.write(str(pid))
     return pid
 
+
+
+def hog_gil(seconds):
+    """In the parent: hold the GIL in this thread for ``seconds``, so that the manager thread
+    cannot run (as when the application computes, or a GC pass runs)."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(max(10.0, seconds * 10))
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+    finally:
+        sys.setswitchinterval(old)

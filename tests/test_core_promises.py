@@ -28,18 +28,6 @@ def _warm_up(ex, n=300):
     assert list(ex.map(core_tasks.noop, range(n))) == list(range(n))
 
 
-def _hog_gil(seconds):
-    """Hold the GIL in this thread for ``seconds``: the manager thread cannot run."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(max(10.0, seconds * 10))
-    try:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            pass
-    finally:
-        sys.setswitchinterval(old)
-
-
 @pytest.mark.timeout(90)
 def test_a_task_behind_a_timed_out_one_never_runs_twice_when_the_manager_is_late(
         clean_process, tmp_path):
@@ -52,8 +40,10 @@ def test_a_task_behind_a_timed_out_one_never_runs_twice_when_the_manager_is_late
         slow = ex.schedule(core_tasks.record_start, (log, "slow", 0.4), timeout=0.25)
         behind = [ex.submit(core_tasks.record_start, log, f"t{i}") for i in range(5)]
         wait_until(lambda: "slow" in core_tasks.starts(log), 20, message="the slow task")
+        # From before its deadline (0.25 s after it started; 0.1 s from now) until after it
+        # ended (0.4 s): the deadline passes while the manager cannot run.
         time.sleep(0.1)
-        _hog_gil(0.6)  # from before its deadline (0.25 s) until after it ended (0.4 s)
+        core_tasks.hog_gil(0.6)
         with pytest.raises(TaskTimeoutError):
             slow.result(timeout=30)
         for f in behind:

@@ -15,7 +15,6 @@ failure prints hypothesis's seed and the shortest sequence of steps that shows i
 """
 import os
 import signal
-import sys
 import tempfile
 import time
 
@@ -114,7 +113,7 @@ class PoolMachine(RuleBasedStateMachine):
             t = self._tag()
             self._track(t, self.ex.submit(core_tasks.record_start, self.log, t))
         time.sleep(0.1)
-        self.hog_the_gil(0.4)
+        core_tasks.hog_gil(0.4)
 
     @rule()
     def kill_a_worker(self):
@@ -127,14 +126,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     @rule(seconds=st.sampled_from([0.05, 0.3]))
     def hog_the_gil(self, seconds):
-        old = sys.getswitchinterval()
-        sys.setswitchinterval(10.0)
-        try:
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                pass
-        finally:
-            sys.setswitchinterval(old)
+        core_tasks.hog_gil(seconds)
 
     @invariant()
     def no_task_started_twice(self):
@@ -169,7 +161,9 @@ class PoolMachine(RuleBasedStateMachine):
             time.sleep(0.01)
         pending = [t for t, f in self.futures.items() if not f.done()]
         assert not pending, f"futures still pending after shutdown: {pending}"
-        time.sleep(0.05)  # callbacks run right after the state changes; let the last ones land
+        # A future is done a moment before its callbacks run: wait for them, with a deadline.
+        while time.monotonic() < end and not all(self.callbacks.values()):
+            time.sleep(0.01)
         once = {t: n for t, n in self.callbacks.items() if n != 1}
         assert not once, f"done-callbacks not run exactly once: {once}"
         starts = core_tasks.starts(self.log)
