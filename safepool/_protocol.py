@@ -23,9 +23,11 @@ Worker -> parent, one message per event:  ``!QBQQ`` (payload length, kind, task 
 The task id travels outside the pickle so that a payload which cannot be unpickled still names
 its task, and only that task fails. Lengths are 64-bit: a 4 GiB argument is not a corrupt frame.
 """
+import io
 import os
 import pickle
 import struct
+from multiprocessing.reduction import ForkingPickler as _ForkingPickler
 from typing import Iterable, Iterator, List, Tuple
 
 # Workers import this module, so it imports only what every task needs. traceback and
@@ -58,13 +60,17 @@ MAX_FRAME = 1 << 40
 ID = struct.Struct("!Q")
 
 
-def dumps(obj) -> memoryview:
+def dumps(obj) -> bytes:
     """Pickle as the stdlib's pool does: with multiprocessing's ForkingPickler, so that
     Connections, sockets and whatever is registered with ``ForkingPickler.register()``
     (torch.multiprocessing's tensors, say) travel as they would with ProcessPoolExecutor."""
-    from multiprocessing.reduction import ForkingPickler
-
-    return ForkingPickler.dumps(obj, PROTOCOL)  # a view of its buffer: no copy
+    buf = io.BytesIO()
+    _ForkingPickler(buf, PROTOCOL).dump(obj)
+    # getvalue(), not ForkingPickler.dumps()'s getbuffer(): the bytes are the buffer itself
+    # (no copy), and no memoryview export outlives the call. A payload caught in a garbage
+    # cycle (a task, its future, a traceback) otherwise made the collector finalize the
+    # still-exported BytesIO: "Exception ignored ... BufferError: Existing exports of data".
+    return buf.getvalue()
 
 
 def task_frame_header(task_id: int, payload: bytes) -> bytes:
@@ -148,7 +154,7 @@ def dump_exception(exc: BaseException, what: str) -> bytes:
     """
     tb = format_remote(exc)
     try:
-        return bytes(dumps(RemoteException(exc, tb)))  # bytes: map's chunks carry it in a tuple
+        return dumps(RemoteException(exc, tb))
     except BaseException as pickle_error:  # noqa: B036 - any failure here must still report
         from .errors import TaskPicklingError
 
