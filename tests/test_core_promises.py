@@ -171,6 +171,7 @@ def test_a_gc_pass_inside_stats_that_cancels_futures_does_not_deadlock(tmp_path)
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_cannot_touch_the_parents_pool(clean_process):
     """Item 5: a child forked after the pool started got its results from the parent's
     workers (and the parent's future got the child's). Now it gets a clear error, and the
