@@ -6,7 +6,7 @@ a length under ``MAX_FRAME``, memory to hold it): a corrupt or hostile frame rai
 ``ProtocolError``, which costs that worker, never the pool.
 """
 import os
-from typing import List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 from . import _protocol as P
 
@@ -14,7 +14,7 @@ READ_CHUNK = 1 << 18
 #: A result at least this large is read straight into a buffer of its own size.
 BIG_MESSAGE = 1 << 20
 
-Message = Tuple[int, int, int, memoryview]  # kind, task id, rss, payload
+Message = Tuple[int, int, int, Any]  # kind, task id, rss, payload (bytearray or memoryview)
 
 
 class ProtocolError(Exception):
@@ -138,7 +138,7 @@ class Channel:
                     self.big = [header, big, have]
                     pos = len(buf)
                 break
-            payload = bytes(buf[pos + size:pos + size + length])
+            payload = buf[pos + size:pos + size + length]  # one copy, out of the buffer
             pos += size + length
-            messages.append((kind, header[2], header[3], memoryview(payload)))
+            messages.append((kind, header[2], header[3], payload))
         del buf[:pos]

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from . import _map
 from ._future import CancelNowFuture
-from ._ledger import Task
+from ._ledger import Task, task_name
 from ._manager import PoolManager
 from ._process import resolve_context
 from ._protocol import dumps
@@ -75,14 +75,6 @@ def default_max_workers() -> int:
     from loky import cpu_count
 
     return max(1, cpu_count())
-
-
-def _task_name(fn: Any) -> str:
-    qualname = getattr(fn, "__qualname__", None)
-    if qualname is None:
-        return repr(fn)[:100]
-    module = getattr(fn, "__module__", None)
-    return f"{module}.{qualname}()" if module else f"{qualname}()"
 
 
 class SafeFuture(CancelNowFuture):
@@ -231,21 +223,20 @@ class SafeProcessPoolExecutor(Executor):
         future = SafeFuture()
         future._manager_ref = weakref.ref(manager)
         future._cancel_running = self._cancel_running
-        name = _task_name(fn)
         try:
             payload = dumps((fn, args, kwargs))
         except Exception as exc:
             # The stdlib reports this on the future, not at submit(): so do we, with an error
             # that is still the original type (except TypeError catches "cannot pickle ...").
             future.set_exception(pickling_error(
-                f"could not pickle the task {name} to send it to a worker: "
+                f"could not pickle the task {task_name(fn)} to send it to a worker: "
                 f"{type(exc).__name__}: {exc}. The function must be importable by name "
                 "(defined at module level, not a lambda or nested function) and every "
                 "argument picklable.", exc))
             manager.count("submitted")
             manager.count("failed")
             return future
-        task = Task(next(self._ids), future, payload, name, timeout)
+        task = Task(next(self._ids), future, payload, fn, timeout)
         future._task_ref = weakref.ref(task)
         with self._shutdown_lock:
             # Checked again under the lock that shutdown() takes, so no task slips in after

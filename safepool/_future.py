@@ -18,6 +18,14 @@ class CancelNowFuture(Future):
                 return False  # cancel() told the waiters already
             return super().set_running_or_notify_cancel()
 
+    def _claim(self) -> bool:
+        """set_running_or_notify_cancel() for the common case in one lock: PENDING -> RUNNING."""
+        with self._condition:
+            if self._state == PENDING:
+                self._state = RUNNING
+                return True
+        return self.set_running_or_notify_cancel()
+
     def cancel(self) -> bool:
         with self._condition:
             state = self._state

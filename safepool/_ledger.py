@@ -27,9 +27,18 @@ Invariants (asserted by tests/test_ledger.py and the stateful test):
 import enum
 import logging
 from concurrent.futures import Future, InvalidStateError
-from typing import Optional
+from typing import Any, Optional
 
 log = logging.getLogger("safepool")
+
+
+def task_name(fn: Any) -> str:
+    """How errors and logs name a task's function: ``module.qualname()``."""
+    qualname = getattr(fn, "__qualname__", None)
+    if qualname is None:
+        return repr(fn)[:100]
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{qualname}()" if module else f"{qualname}()"
 
 
 class TaskState(enum.Enum):
@@ -42,15 +51,15 @@ class TaskState(enum.Enum):
 class Task:
     """One submitted call: its future and its pickled (fn, args, kwargs), kept for a resend."""
 
-    __slots__ = ("id", "future", "payload", "name", "timeout", "state", "claimed", "withdraw",
+    __slots__ = ("id", "future", "payload", "fn", "timeout", "state", "claimed", "withdraw",
                  "started_at", "revoking", "__weakref__")
 
-    def __init__(self, task_id: int, future: Future, payload, name: str,
+    def __init__(self, task_id: int, future: Future, payload, fn: Any,
                  timeout: Optional[float]):
         self.id = task_id
         self.future = future
         self.payload = payload
-        self.name = name
+        self.fn = fn  # for its name in messages, worked out only when one is needed
         self.timeout = timeout
         self.state = TaskState.QUEUED
         self.claimed = False       # its future is RUNNING: ours to settle, no longer cancellable
@@ -61,7 +70,7 @@ class Task:
     def claim(self) -> bool:
         """Mark the future RUNNING, once; False if it has ended (cancelled while queued)."""
         if not self.claimed:
-            self.claimed = self.future.set_running_or_notify_cancel()
+            self.claimed = self.future._claim()
             if not self.claimed:
                 self.state = TaskState.DONE
             return self.claimed
@@ -69,6 +78,10 @@ class Task:
             self.state = TaskState.DONE
             return False
         return True
+
+    @property
+    def name(self) -> str:
+        return task_name(self.fn)
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.name} {self.state.value}>"

@@ -67,7 +67,7 @@ SPAWN_RETRY = 0.2
 #: How long the end of the pool waits for a worker start still under way.
 START_BOUND = 60.0
 
-_COUNT_KEYS = ("started", "completed", "failed", "cancelled", "late", "submitted",
+_COUNT_KEYS = ("started", "completed", "failed", "cancelled", "late", "submitted", "revoked",
                *("replaced_" + c for c in CAUSES))
 
 
@@ -393,15 +393,22 @@ class PoolManager:
             self._steal(idle)
 
     def _pipeline_worker(self) -> Optional[Worker]:
-        """A busy worker that may take more tasks behind its running one: only for short tasks,
-        where a few milliseconds of look-ahead hide the round trip. Never with cancel_running,
-        so that a cancelled task is always one that runs."""
-        if self.cancel_running or self.avg_task_time is None or (
-                self.avg_task_time > PIPELINE_BELOW):
+        """A busy worker that may take a task behind its running one, so that it starts the
+        next without waiting for a round trip (as the stdlib's shared call queue lets its
+        workers do). One task deep, or a refill at PIPELINE_REFILL for short tasks. What waits
+        there is taken back as soon as another worker is idle (``_steal``), so nothing is
+        stuck behind a long task. Never with cancel_running, so that a cancelled task is
+        always one that runs. Never while a worker is starting: it will be idle in a moment,
+        and a task queued behind a busy worker then would start after newer ones."""
+        if self.cancel_running or self.starting:
             return None
+        short = self.avg_task_time is not None and self.avg_task_time <= PIPELINE_BELOW
+        refill = PIPELINE_REFILL if short else 0
         best = None
         for w in self.workers.values():
-            if w.serving and len(w.sent) <= PIPELINE_REFILL:
+            if w.state == WorkerState.STARTING:
+                return None
+            if w.serving and len(w.sent) <= refill:
                 if best is None or len(w.sent) < len(best.sent):
                     best = w
         return best
@@ -427,6 +434,7 @@ class PoolManager:
             return
         for t in tasks:
             t.revoking = True
+        self.counts["revoked"] += len(tasks)  # asked back (internal: tests, profiling)
         w.channel.write_revoke([t.id for t in tasks])
         self._watch_writes(w)
 
@@ -509,7 +517,7 @@ class PoolManager:
         task.revoking = False
         task.started_at = time.monotonic()
         w.running = task
-        if task.future.cancelled():
+        if self.cancel_running and task.future.cancelled():
             # cancel_running: cancelled while it was on its way. It started all the same, so
             # stop it the way a running task is cancelled.
             self._stop_running_cancelled(w, task)

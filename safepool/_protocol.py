@@ -23,6 +23,7 @@ Worker -> parent, one message per event:  ``!QBQQ`` (payload length, kind, task 
 The task id travels outside the pickle so that a payload which cannot be unpickled still names
 its task, and only that task fails. Lengths are 64-bit: a 4 GiB argument is not a corrupt frame.
 """
+import copyreg
 import io
 import os
 import pickle
@@ -60,12 +61,32 @@ MAX_FRAME = 1 << 40
 ID = struct.Struct("!Q")
 
 
+class _Pickler(pickle.Pickler):
+    """ForkingPickler's reductions, without its per-call cost: ForkingPickler copies and
+    merges two dispatch tables each time it is created (a third of a small task's pickling).
+    Here the merged table is a class attribute, rebuilt when either source changes."""
+
+    dispatch_table: dict = {}
+    _sources = (None, None)  # copies of the two tables the merged one was built from
+
+    @classmethod
+    def fresh(cls) -> "type":
+        copyreg_table, extra = copyreg.dispatch_table, _ForkingPickler._extra_reducers
+        # Compared by value, so that a reducer registered again for the same type counts.
+        if cls._sources[0] != copyreg_table or cls._sources[1] != extra:
+            table = dict(copyreg_table)
+            table.update(extra)
+            cls.dispatch_table = table
+            cls._sources = (dict(copyreg_table), dict(extra))
+        return cls
+
+
 def dumps(obj) -> bytes:
-    """Pickle as the stdlib's pool does: with multiprocessing's ForkingPickler, so that
-    Connections, sockets and whatever is registered with ``ForkingPickler.register()``
+    """Pickle as the stdlib's pool does: with multiprocessing's ForkingPickler's reductions,
+    so that Connections, sockets and whatever is registered with ``ForkingPickler.register()``
     (torch.multiprocessing's tensors, say) travel as they would with ProcessPoolExecutor."""
     buf = io.BytesIO()
-    _ForkingPickler(buf, PROTOCOL).dump(obj)
+    _Pickler.fresh()(buf, PROTOCOL).dump(obj)
     # getvalue(), not ForkingPickler.dumps()'s getbuffer(): the bytes are the buffer itself
     # (no copy), and no memoryview export outlives the call. A payload caught in a garbage
     # cycle (a task, its future, a traceback) otherwise made the collector finalize the

@@ -30,6 +30,11 @@ def noop(x=None):
     return x
 
 
+def sleep_pid(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def wait_for_files(paths, limit):
     """True once every path exists, False after ``limit`` seconds."""
     end = time.monotonic() + limit

@@ -73,6 +73,21 @@ def test_nothing_waits_behind_a_busy_worker_while_another_is_idle(clean_process,
 
 
 @pytest.mark.timeout(90)
+def test_a_task_about_to_start_is_not_taken_back_for_an_idle_worker(clean_process):
+    """Taking back waiting tasks is for tasks queued *behind* a running one. The next task of
+    a worker that runs nothing is about to start: taking it back for another idle worker
+    bounced one-at-a-time submits between the two (a revoke round trip each)."""
+    with SafeProcessPoolExecutor(2) as ex:
+        # Both workers busy once, then idle: the state that made every later task bounce.
+        assert len({f.result(timeout=30) for f in [ex.submit(core_tasks.sleep_pid, 0.3)
+                                                   for _ in range(2)]}) == 2
+        before = ex._manager.counts["revoked"]  # a real steal may happen while they start
+        for i in range(200):
+            assert ex.submit(core_tasks.noop, i).result(timeout=30) == i
+        assert ex._manager.counts["revoked"] == before
+
+
+@pytest.mark.timeout(90)
 def test_cancel_futures_runs_only_what_had_started(clean_process, tmp_path):
     """Item 3: after short tasks, shutdown(cancel_futures=True) ran 18 of 40 queued 0.2 s
     tasks (sent ahead to workers); the stdlib runs 3. Now only those already started run."""

@@ -139,10 +139,12 @@ class Probe:
         return {"alive": alive, "zombies": zombies}
 
     def leftovers(self, settle: float = 1.0) -> Dict[str, int]:
-        """What is left now, after giving exiting processes up to ``settle`` s to go away."""
+        """What is left now, after giving exiting processes, and the pool threads that reap
+        them (a shutdown(wait=False) does not wait for them), up to ``settle`` s to go away."""
         deadline = time.monotonic() + settle
         state = self.split()
-        while (state["alive"] or state["zombies"]) and time.monotonic() < deadline:
+        while (state["alive"] or state["zombies"] or _our_threads() > self.threads_before) \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
             state = self.split()
         fds = self.me.num_fds() - self.fds_before - (_helper_fd_count() - self.helper_fds_before)
