@@ -21,38 +21,16 @@ class ProtocolError(Exception):
     """A worker sent something that is not a valid frame (or one we cannot hold)."""
 
 
-class Channel:
-    def __init__(self, task_fd: int, result_fd: int):
-        self.task_fd = task_fd
-        self.result_fd = result_fd
-        self.out: List[memoryview] = []  # bytes not yet written to the task pipe
-        self.closed = False              # the worker can no longer read (EPIPE)
-        self.inbuf = bytearray()         # bytes read from the result pipe, not yet parsed
-        self.big = None                  # [header, buffer, filled] while a big frame arrives
-        self.eof = False
+class Outbox:
+    """Bytes on their way into one pipe to a worker: written as far as the pipe takes them now,
+    the rest when the pipe is writable again (``wants_write``)."""
 
-    # ---- parent -> worker ----------------------------------------------------------------
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.out: List[memoryview] = []
+        self.closed = False  # the worker can no longer read (EPIPE)
 
-    def write_tasks(self, tasks: Sequence) -> None:
-        buffers: List = [b""]
-        size = 0
-        for task in tasks:
-            buffers.append(P.task_frame_header(task.id, task.payload))
-            buffers.append(task.payload)
-            size += P.TASK_FRAME.size + len(task.payload)
-        buffers[0] = P.TO_WORKER.pack(size, P.TASKS)
-        if size < 65536:
-            buffers = [b"".join(buffers)]
-        self._write(buffers)
-
-    def write_revoke(self, ids: Sequence[int]) -> None:
-        body = P.pack_ids(ids)
-        self._write([P.TO_WORKER.pack(len(body), P.REVOKE) + body])
-
-    def write_stop(self) -> None:
-        self._write([P.TO_WORKER.pack(0, P.STOP)])
-
-    def _write(self, buffers) -> None:
+    def write(self, buffers) -> None:
         if self.closed:
             return
         was_empty = not self.out
@@ -61,10 +39,9 @@ class Channel:
             self.flush()
 
     def flush(self) -> None:
-        """Write what the pipe takes now; the rest waits for ``wants_write``."""
         try:
             while self.out:
-                written = os.writev(self.task_fd, self.out[:512])
+                written = os.writev(self.fd, self.out[:512])
                 while written:
                     head = self.out[0]
                     if written >= len(head):
@@ -84,6 +61,45 @@ class Channel:
     @property
     def wants_write(self) -> bool:
         return bool(self.out)
+
+
+class Channel:
+    def __init__(self, task_fd: int, result_fd: int, control_fd: int):
+        self.tasks = Outbox(task_fd)      # TASKS and STOP, in order
+        self.control = Outbox(control_fd)  # REVOKE: read by the worker even while it is busy
+        self.sent = 0                     # task frames written: the next one's number
+        self.result_fd = result_fd
+        self.inbuf = bytearray()          # bytes read from the result pipe, not yet parsed
+        self.big = None                   # [header, buffer, filled] while a big frame arrives
+        self.eof = False
+
+    @property
+    def outboxes(self) -> Tuple[Outbox, Outbox]:
+        return (self.tasks, self.control)
+
+    # ---- parent -> worker ----------------------------------------------------------------
+
+    def write_tasks(self, tasks: Sequence) -> None:
+        """Send these tasks in one TASKS message; each gets its number on this pipe."""
+        buffers: List = [b""]
+        size = 0
+        for task in tasks:
+            task.number = self.sent
+            self.sent += 1
+            buffers.append(P.task_frame_header(task.id, task.payload))
+            buffers.append(task.payload)
+            size += P.TASK_FRAME.size + len(task.payload)
+        buffers[0] = P.TO_WORKER.pack(size, P.TASKS)
+        if size < 65536:
+            buffers = [b"".join(buffers)]
+        self.tasks.write(buffers)
+
+    def write_revoke(self, tasks: Sequence) -> None:
+        body = P.pack_revoke((task.number, task.id) for task in tasks)
+        self.control.write([P.TO_WORKER.pack(len(body), P.REVOKE) + body])
+
+    def write_stop(self) -> None:
+        self.tasks.write([P.TO_WORKER.pack(0, P.STOP)])
 
     # ---- worker -> parent ----------------------------------------------------------------
 

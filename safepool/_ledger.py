@@ -52,7 +52,7 @@ class Task:
     """One submitted call: its future and its pickled (fn, args, kwargs), kept for a resend."""
 
     __slots__ = ("id", "future", "payload", "fn", "timeout", "state", "claimed", "withdraw",
-                 "started_at", "revoking", "__weakref__")
+                 "started_at", "revoking", "number", "__weakref__")
 
     def __init__(self, task_id: int, future: Future, payload, fn: Any,
                  timeout: Optional[float]):
@@ -66,6 +66,7 @@ class Task:
         self.withdraw = False      # cancel it if it comes back unstarted
         self.started_at = 0.0      # monotonic time its STARTED arrived
         self.revoking = False      # a REVOKE for it is on its way to its worker
+        self.number = -1           # its number on the task pipe of the worker it was sent to
 
     def claim(self) -> bool:
         """Mark the future RUNNING, once; False if it has ended (cancelled while queued)."""

@@ -213,7 +213,7 @@ class PoolManager:
         self.closed = True
         fds = [getattr(self, "_wake_r", None), getattr(self, "_wake_w", None)]
         for w in list(self.workers.values()):
-            fds += [w.proc.task_fd, w.proc.result_fd, w.proc.lifeline_fd]
+            fds += w.proc.parent_fds
             w.proc.forget_in_forked_child()
         for fd in fds:
             if fd is not None:
@@ -286,7 +286,8 @@ class PoolManager:
             elif kind == "read":
                 self._read(w)
             elif kind == "write":
-                w.channel.flush()
+                for outbox in w.channel.outboxes:
+                    outbox.flush()
                 self._watch_writes(w)
         except Exception as exc:
             # A fault in one worker's channel (a corrupt frame, a failure handling it) costs
@@ -435,7 +436,7 @@ class PoolManager:
         for t in tasks:
             t.revoking = True
         self.counts["revoked"] += len(tasks)  # asked back (internal: tests, profiling)
-        w.channel.write_revoke([t.id for t in tasks])
+        w.channel.write_revoke(tasks)
         self._watch_writes(w)
 
     def _batch_size(self, w: Worker) -> int:
@@ -473,12 +474,13 @@ class PoolManager:
             self._retire(w, "max_tasks_per_child reached", "recycle")
 
     def _watch_writes(self, w: Worker) -> None:
-        fd = w.proc.task_fd
-        key = self.selector.get_map().get(fd)
-        if w.channel.wants_write and key is None:
-            self.selector.register(fd, selectors.EVENT_WRITE, ("write", w))
-        elif not w.channel.wants_write and key is not None:
-            self.selector.unregister(fd)
+        """Wait for a worker's pipe to be writable while bytes wait for it, and only then."""
+        for outbox in w.channel.outboxes:
+            key = self.selector.get_map().get(outbox.fd)
+            if outbox.wants_write and key is None:
+                self.selector.register(outbox.fd, selectors.EVENT_WRITE, ("write", w))
+            elif not outbox.wants_write and key is not None:
+                self.selector.unregister(outbox.fd)
 
     # ---- what workers say ------------------------------------------------------------------
 
@@ -598,7 +600,7 @@ class PoolManager:
                     pass
             except Exception as exc:
                 w.fault = exc
-        for fd in (w.proc.result_fd, w.proc.sentinel, w.proc.task_fd):
+        for fd in (w.proc.result_fd, w.proc.sentinel, w.proc.task_fd, w.proc.control_fd):
             if fd in self.selector.get_map():
                 self.selector.unregister(fd)
         kill_tree(w.descendants)
@@ -677,7 +679,7 @@ class PoolManager:
                 f"parent failed: {exc!r}. The worker was killed and replaced.")
             err.__cause__ = exc
             self.ledger.fail(w.running, err)
-        for fd in (w.proc.result_fd, w.proc.task_fd):
+        for fd in (w.proc.result_fd, w.proc.task_fd, w.proc.control_fd):
             if fd in self.selector.get_map():
                 self.selector.unregister(fd)
         w.kill("crash")

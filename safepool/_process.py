@@ -54,9 +54,10 @@ def resolve_context(mp_context: Optional[BaseContext]) -> BaseContext:
 class WorkerProcess:
     """One started worker: its process and the parent's ends of its pipes.
 
-    ``task_fd`` (parent writes tasks) and ``result_fd`` (parent reads results) are non-blocking:
-    the manager never waits on one worker. ``lifeline_fd`` is never written; closing it, or the
-    parent's death, tells the worker to exit.
+    ``task_fd`` (parent writes tasks), ``control_fd`` (parent writes revokes) and ``result_fd``
+    (parent reads results) are non-blocking: the manager never waits on one worker.
+    ``lifeline_fd`` is never written; closing it, or the parent's death, tells the worker to
+    exit.
     """
 
     def __init__(self, ctx: BaseContext, initializer, initargs, measure_rss: bool):
@@ -64,9 +65,11 @@ class WorkerProcess:
         task_r, self.task_fd = os.pipe()
         self.result_fd, result_w = os.pipe()
         lifeline_r, self.lifeline_fd = os.pipe()
+        control_r, self.control_fd = os.pipe()
         for fd in (self.task_fd, self.result_fd):
             _enlarge_pipe(fd)
-        child_ends = [Connection(task_r), Connection(result_w), Connection(lifeline_r)]
+        child_ends = [Connection(task_r), Connection(result_w), Connection(lifeline_r),
+                      Connection(control_r)]
         self.process = ctx.Process(
             target=worker_main,
             args=(*child_ends, initializer, initargs, measure_rss),
@@ -75,7 +78,7 @@ class WorkerProcess:
         try:
             self.process.start()
         except BaseException:
-            for fd in (self.task_fd, self.result_fd, self.lifeline_fd):
+            for fd in self.parent_fds:
                 os.close(fd)
             raise
         finally:
@@ -83,8 +86,13 @@ class WorkerProcess:
                 conn.close()
         self.pid: int = self.process.pid
         self.sentinel: int = self.process.sentinel
-        os.set_blocking(self.task_fd, False)
-        os.set_blocking(self.result_fd, False)
+        for fd in (self.task_fd, self.result_fd, self.control_fd):
+            os.set_blocking(fd, False)
+
+    @property
+    def parent_fds(self) -> tuple:
+        """Every pipe end the parent holds for this worker."""
+        return (self.task_fd, self.result_fd, self.lifeline_fd, self.control_fd)
 
     def forget_in_forked_child(self) -> None:
         """In a child forked from the pool's process: this worker is not the child's to join
@@ -127,7 +135,7 @@ class WorkerProcess:
         # the stdlib-compatible ``_processes`` hands out, and code written for
         # ProcessPoolExecutor join()s them after shutdown (join/exitcode/is_alive still work).
         self.process._popen.close()
-        for fd in (self.task_fd, self.result_fd, self.lifeline_fd):
+        for fd in self.parent_fds:
             try:
                 os.close(fd)
             except OSError:

@@ -1,15 +1,20 @@
 """The messages between the parent and a worker, and how they are framed.
 
-Each worker has two pipes of its own (no lock shared with any other process), so a worker that
+Each worker has pipes of its own (no lock shared with any other process), so a worker that
 dies at any instruction can corrupt only its own pipes, never another worker's.
 
 Parent -> worker, one message:  ``!QB`` (body length, kind) + body
+  on the task pipe, read by the worker's main thread when it wants its next task:
     TASKS   body: one or more task frames, each ``!QQ`` (task id, payload length) + payload,
             where payload is ``ForkingPickler((fn, args, kwargs))``. Several queued tasks travel
-            in one message when the queue is deep, which saves system calls per task.
-    REVOKE  body: task ids (``!Q`` each). The worker takes back those it has not started and
-            answers REVOKED with the ones it took back.
+            in one message when the queue is deep, which saves system calls per task. The
+            n-th task frame on a worker's task pipe is its task number n (0, 1, ...): both
+            ends count whole frames, so they agree on it without a byte count.
     STOP    body: empty. The worker exits after the tasks sent before it.
+  on the control pipe, read by the worker's control thread, even while a task runs:
+    REVOKE  body: ``!QQ`` (task number, task id) pairs. The worker takes back those it has not
+            started (one it has not even read yet is dropped when it arrives) and answers
+            REVOKED with the ones it took back.
 
 Worker -> parent, one message per event:  ``!QBQQ`` (payload length, kind, task id, rss) + payload
     READY        the initializer succeeded; tasks that arrive from now on may start.
@@ -108,6 +113,17 @@ def iter_task_frames(body: memoryview) -> Iterator[Tuple[int, memoryview]]:
         pos += size
         yield task_id, body[pos:pos + length]
         pos += length
+
+
+REVOKE_ENTRY = struct.Struct("!QQ")  # task number on that worker's pipe, task id
+
+
+def pack_revoke(entries: Iterable[Tuple[int, int]]) -> bytes:
+    return b"".join(REVOKE_ENTRY.pack(number, task_id) for number, task_id in entries)
+
+
+def unpack_revoke(body) -> List[Tuple[int, int]]:
+    return list(REVOKE_ENTRY.iter_unpack(bytes(body)))
 
 
 def pack_ids(ids: Iterable[int]) -> bytes:

@@ -8,7 +8,7 @@ import pickle
 import signal
 import sys
 import threading
-from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, List, Optional, Sequence, Set, Tuple
 
 from . import _protocol as P
 from ._fd_hygiene import close_on_exec_all
@@ -139,21 +139,31 @@ def _rss() -> int:
 
 
 class _Inbox:
-    """Tasks sent to this worker and not started yet, shared by the intake and main threads.
+    """Tasks this worker has and has not started, shared by the main and control threads.
 
-    The intake thread alone reads the task pipe; the main thread alone runs tasks. Under
-    ``cond``, a task either leaves the inbox to start (the main thread says STARTED) or is
-    taken back (the intake thread says REVOKED), never both: "started" is the worker's own
+    The main thread alone reads the task pipe (when it wants its next task: no thread hands
+    tasks over, so an idle worker starts a task on the first wake-up) and alone runs tasks. The
+    control thread alone reads the control pipe, where REVOKE arrives even while a task runs.
+    Under ``cond``, a task either leaves the inbox to start (the main thread says STARTED) or
+    is taken back (the control thread says REVOKED), never both: "started" is the worker's own
     word, and a task the parent hears no STARTED for never ran any of its code.
+
+    Tasks are known by their number on the task pipe, which both ends count in whole frames.
+    A REVOKE for a number not read yet is remembered in ``drop``: that task is taken back now
+    and discarded when it arrives, so a revoke never waits for the main thread.
     """
 
-    def __init__(self, task_fd: int, result_fd: int):
+    def __init__(self, task_fd: int, result_fd: int, control_fd: int):
         self.task_fd = task_fd
         self.result_fd = result_fd
+        self.control_fd = control_fd
         self.cond = threading.Condition(threading.Lock())
         self.send_lock = threading.Lock()  # whole messages on the result pipe; after cond
         self.queue: Deque[Tuple[int, memoryview]] = collections.deque()
+        self.received = 0  # task frames read from the task pipe (the next one's number)
+        self.drop: Set[int] = set()  # numbers taken back before they were read
         self.closed = False  # STOP or end of file: run what is queued, then exit
+        self.reader = os.fdopen(task_fd, "rb", buffering=1 << 16, closefd=False)
 
     # -- the result pipe (any thread) --
 
@@ -169,68 +179,87 @@ class _Inbox:
         with self.send_lock:
             P.write_all(self.result_fd, buffers)
 
-    # -- the intake thread --
+    # -- the control thread --
 
-    def intake(self) -> None:
-        reader = os.fdopen(self.task_fd, "rb", buffering=1 << 16, closefd=False)
+    def control(self) -> None:
+        reader = os.fdopen(self.control_fd, "rb", buffering=1 << 12, closefd=False)
         try:
-            while self._take_one(reader):
-                pass
+            while True:
+                head = reader.read(P.TO_WORKER.size)
+                if len(head) < P.TO_WORKER.size:
+                    return  # the parent closed the pipe (or died: the lifeline handles that)
+                length, kind = P.TO_WORKER.unpack(head)
+                body = reader.read(length) if length else b""
+                if len(body) != length:
+                    return
+                if kind == P.REVOKE:
+                    self._revoke(P.unpack_revoke(body))
         except Exception:  # a broken pipe: the parent will see our exit
             pass
         finally:
             reader.close()
-            with self.cond:
-                self.closed = True
-                self.cond.notify()
 
-    def _take_one(self, reader) -> bool:
-        head = reader.read(P.TO_WORKER.size)
-        if len(head) < P.TO_WORKER.size:
-            return False  # the parent closed the pipe: nothing more will come
-        length, kind = P.TO_WORKER.unpack(head)
-        body = memoryview(reader.read(length)) if length else memoryview(b"")
-        if len(body) != length:
-            return False
-        if kind == P.STOP:
-            return False
-        if kind == P.TASKS:
-            frames = list(P.iter_task_frames(body))
-            with self.cond:
-                self.queue.extend(frames)
-                self.cond.notify()
-        elif kind == P.REVOKE:
-            wanted = set(P.unpack_ids(body))
-            with self.cond:
-                kept = [t for t in self.queue if t[0] not in wanted]
-                taken = [t[0] for t in self.queue if t[0] in wanted]
+    def _revoke(self, wanted: List[Tuple[int, int]]) -> None:
+        with self.cond:
+            taken: List[int] = []
+            ids = {task_id for number, task_id in wanted if number < self.received}
+            if ids:
+                kept = [t for t in self.queue if t[0] not in ids]
+                taken = [t[0] for t in self.queue if t[0] in ids]
                 self.queue = collections.deque(kept)
-                # Under cond: no STARTED for these can follow, and none preceded this answer.
-                self.send((P.REVOKED, 0, P.pack_ids(taken), 0))
-        return True
+                # (Any other one read already has started: its STARTED went out first.)
+            for number, task_id in wanted:
+                if number >= self.received:  # not read yet: dropped when it arrives
+                    self.drop.add(number)
+                    taken.append(task_id)
+            # Under cond: no STARTED for these can follow, and none preceded this answer.
+            self.send((P.REVOKED, 0, P.pack_ids(taken), 0))
 
     # -- the main thread --
+
+    def _read_message(self) -> None:
+        """Block for the next message on the task pipe and take it in."""
+        reader = self.reader
+        head = reader.read(P.TO_WORKER.size)
+        frames: List[Tuple[int, memoryview]] = []
+        stop = len(head) < P.TO_WORKER.size  # the parent closed the pipe
+        if not stop:
+            length, kind = P.TO_WORKER.unpack(head)
+            body = memoryview(reader.read(length)) if length else memoryview(b"")
+            if len(body) != length or kind == P.STOP:
+                stop = True
+            elif kind == P.TASKS:
+                frames = list(P.iter_task_frames(body))
+        with self.cond:
+            for frame in frames:
+                number = self.received
+                self.received += 1
+                if number in self.drop:
+                    self.drop.discard(number)
+                else:
+                    self.queue.append(frame)
+            if stop:
+                self.closed = True
 
     def next_task(self, done: Optional[Tuple[int, int, bytes, int]]):
         """Report ``done`` (a finished task's message, or None) and take the next task: say
         STARTED for it in the same write when one is ready. None: stop."""
         if done is not None and len(done[2]) >= 65536:
-            self.send(done)  # a big result goes out without holding up the intake thread
+            self.send(done)  # a big result goes out without holding up a revoke
             done = None
-        with self.cond:
-            if done is not None and not self.queue:
-                self.send(done)
-                done = None
-            while not self.queue and not self.closed:
-                self.cond.wait()
-            if not self.queue:
+        while True:
+            with self.cond:
+                if self.queue:
+                    task = self.queue.popleft()
+                    started = (P.STARTED, task[0], b"", 0)
+                    self.send(*((done, started) if done is not None else (started,)))
+                    return task
                 if done is not None:
-                    self.send(done)
-                return None
-            task = self.queue.popleft()
-            started = (P.STARTED, task[0], b"", 0)
-            self.send(*((done, started) if done is not None else (started,)))
-            return task
+                    self.send(done)  # before waiting for more: the parent hears it now
+                    done = None
+                if self.closed:
+                    return None
+            self._read_message()
 
 
 def _run_one(task_id: int, payload: memoryview, measure_rss: bool):
@@ -282,28 +311,30 @@ def _run_initializer(inbox: _Inbox, initializer: Callable, initargs: Sequence) -
         return False
 
 
-def worker_main(task_conn, result_conn, lifeline_conn, initializer, initargs, measure_rss) -> None:
+def worker_main(task_conn, result_conn, lifeline_conn, control_conn, initializer, initargs,
+                measure_rss) -> None:
     """Entry point of a worker process (the target of ``multiprocessing.Process``)."""
     reset_signals()
     own_process_group()
     become_subreaper()
     # Take the raw descriptors out of the Connection wrappers, which then forget them.
-    task_fd, result_fd, lifeline_fd = (c.fileno() for c in (task_conn, result_conn, lifeline_conn))
-    for conn in (task_conn, result_conn, lifeline_conn):
+    conns = (task_conn, result_conn, lifeline_conn, control_conn)
+    task_fd, result_fd, lifeline_fd, control_fd = (c.fileno() for c in conns)
+    for conn in conns:
         conn._handle = None  # the descriptor now belongs to us, not to the wrapper
-    for fd in (task_fd, result_fd, lifeline_fd):
+    for fd in (task_fd, result_fd, lifeline_fd, control_fd):
         # A program a task starts must not hold our pipes open after we are gone.
         os.set_inheritable(fd, False)
     start_lifeline(lifeline_fd)
     # After start-up, every descriptor above 2 is close-on-exec: a program a task runs
     # holds no pipe to the parent (nor the stdlib's forkserver and tracker pipes).
     close_on_exec_all()
-    inbox = _Inbox(task_fd, result_fd)
+    inbox = _Inbox(task_fd, result_fd, control_fd)
     try:
         if initializer is not None and not _run_initializer(inbox, initializer, initargs):
             sys.exit(1)
         inbox.send((P.READY, os.getpid(), b"", 0))
-        threading.Thread(target=inbox.intake, name="safepool-intake", daemon=True).start()
+        threading.Thread(target=inbox.control, name="safepool-control", daemon=True).start()
         done = None
         while True:
             task = inbox.next_task(done)
