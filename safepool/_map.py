@@ -12,23 +12,7 @@ import weakref
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from . import _protocol as P
-
-
-def run_chunk(fn: Callable, chunk: list):
-    """Runs in the worker: call ``fn`` on each item of a chunk, stopping at the first error.
-
-    Returns ``(results, error)``: the results up to the failing item, and that item's pickled
-    exception (or None), so that the parent yields every good result before raising at the
-    failed item's own place in the output.
-    """
-    results = []
-    for args in chunk:
-        try:
-            results.append(fn(*args))
-        except BaseException as exc:  # noqa: B036 - the stdlib reports SystemExit here too
-            return results, P.dump_exception(exc, f"{getattr(fn, '__qualname__', fn)} raised")
-    return results, None
+from ._worker import run_chunk
 
 
 def validate(chunksize: int, buffersize: Optional[int]) -> None:

@@ -111,3 +111,8 @@ def hog_gil(seconds):
             pass
     finally:
         sys.setswitchinterval(old)
+
+
+def loaded_modules(prefix):
+    """The modules of ``prefix`` this worker has imported."""
+    return sorted(m for m in sys.modules if m.startswith(prefix))

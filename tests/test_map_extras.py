@@ -172,3 +172,16 @@ def test_no_progress_by_default_and_bad_progress_is_refused(clean_process):
             list(ex.map(tasks.square, range(3), progress="yes"))
         with pytest.raises(ValueError):
             ex.map(tasks.square, range(3), buffersize=0)
+
+
+@pytest.mark.timeout(60)
+def test_a_chunked_map_costs_the_worker_no_import():
+    """map()'s chunk runner lives in a module every worker has imported: a worker used to
+    import safepool._map (and concurrent.futures) on its first chunk, 5 ms of a small map."""
+    import core_tasks
+
+    with SafeProcessPoolExecutor(1) as ex:
+        assert list(ex.map(abs, range(-5, 5), chunksize=3)) == [abs(i) for i in range(-5, 5)]
+        loaded = ex.submit(core_tasks.loaded_modules, "safepool").result(timeout=30)
+    assert "safepool._worker" in loaded
+    assert "safepool._map" not in loaded, loaded
