@@ -195,6 +195,7 @@ class SafeProcessPoolExecutor(Executor):
             max_tasks_per_child=max_tasks_per_child, task_timeout=task_timeout,
             max_worker_lifetime=max_worker_lifetime, max_worker_memory=max_worker_memory,
             cancel_running=cancel_running)
+        self._manager_weakref = weakref.ref(self._manager)  # one for all its futures
         # Dropping the executor without shutdown() still stops and reaps its workers.
         weakref.finalize(self, self._manager.request, "shutdown").atexit = False
 
@@ -219,13 +220,14 @@ class SafeProcessPoolExecutor(Executor):
 
     def _submit(self, fn, args, kwargs, timeout) -> Future:
         manager = self._manager
-        self._check_open()  # before pickling: a closed pool says so, whatever the task
         future = SafeFuture()
-        future._manager_ref = weakref.ref(manager)
-        future._cancel_running = self._cancel_running
+        future._manager_ref = self._manager_weakref
+        if self._cancel_running:
+            future._cancel_running = True
         try:
             payload = dumps((fn, args, kwargs))
         except Exception as exc:
+            self._check_open()  # a closed pool says so first, whatever the task
             # The stdlib reports this on the future, not at submit(): so do we, with an error
             # that is still the original type (except TypeError catches "cannot pickle ...").
             future.set_exception(pickling_error(

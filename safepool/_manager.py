@@ -497,9 +497,9 @@ class PoolManager:
         return more
 
     def _on_message(self, w: Worker, kind: int, task_id: int, rss: int, payload) -> None:
-        if kind == P.STARTED:
+        if kind == _STARTED:
             self._on_task_started(w, task_id)
-        elif kind in (P.RESULT, P.ERROR, P.BAD_TASK):
+        elif kind in _OUTCOMES:
             self._on_task_done(w, task_id, kind, payload, rss)
         elif kind == P.REVOKED:
             self._on_revoked(w, P.unpack_ids(payload))
@@ -540,7 +540,8 @@ class PoolManager:
             self._settle(task, kind, payload)
         if self.max_worker_memory is not None and rss > self.max_worker_memory:
             self._retire(w, f"its memory ({rss} bytes) is over max_worker_memory", "recycle")
-        w.arm_stop_grace()
+        if w.state == WorkerState.RETIRING:
+            w.arm_stop_grace()
 
     def _on_revoked(self, w: Worker, ids: List[int]) -> None:
         taken = set(ids)
@@ -913,6 +914,8 @@ class PoolManager:
 
 
 _ACTIVE = (TaskState.SENT, TaskState.STARTED)
+_STARTED = P.STARTED
+_OUTCOMES = frozenset((P.RESULT, P.ERROR, P.BAD_TASK))
 
 
 def _load_exception(payload, what: str) -> BaseException:
