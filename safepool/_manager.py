@@ -550,8 +550,9 @@ class PoolManager:
             raise ProtocolError("REVOKED names a task that was not waiting there")
         w.sent = collections.deque(t for t in w.sent if t.id not in taken)
         w.assigned -= len(back)
-        for t in w.sent:  # asked for but already started: its STARTED came first
-            t.revoking = False
+        # A task asked for and not given back has started: its STARTED came first and cleared
+        # its ``revoking``. Tasks still in ``sent`` keep theirs: another REVOKE may be on its
+        # way for them, and asking twice would have the worker give one back twice.
         self._requeue(back)
         w.arm_stop_grace()
 

@@ -209,7 +209,8 @@ class _Inbox:
                 self.queue = collections.deque(kept)
                 # (Any other one read already has started: its STARTED went out first.)
             for number, task_id in wanted:
-                if number >= self.received:  # not read yet: dropped when it arrives
+                # Not read yet: dropped when it arrives (and given back once, if asked twice).
+                if number >= self.received and number not in self.drop:
                     self.drop.add(number)
                     taken.append(task_id)
             # Under cond: no STARTED for these can follow, and none preceded this answer.

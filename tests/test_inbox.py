@@ -109,3 +109,14 @@ def test_end_of_file_runs_what_is_queued_then_stops(pair):
     assert inbox.next_task((P.RESULT, 1, b"", 0))[0] == 2
     assert inbox.next_task((P.RESULT, 2, b"", 0)) is None
     assert inbox.closed
+
+
+def test_a_task_asked_back_twice_before_it_is_read_is_given_back_once(pair):
+    channel, inbox = pair
+    first, behind = _Task(1), _Task(2)
+    channel.write_tasks([first])
+    assert inbox.next_task(None)[0] == 1
+    channel.write_tasks([behind])
+    revoke(inbox, [behind])
+    revoke(inbox, [behind])
+    assert said(channel) == [(P.STARTED, 1), (P.REVOKED, [2]), (P.REVOKED, [])]

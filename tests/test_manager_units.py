@@ -1,0 +1,50 @@
+"""The manager's bookkeeping without processes: a worker record over a stand-in process."""
+import collections
+import types
+
+from safepool._executor import SafeFuture
+from safepool._ledger import Task
+from safepool._lifecycle import Worker, WorkerState
+from safepool._manager import PoolManager
+
+
+def manager():
+    return PoolManager(None, 2, None, (), max_tasks_per_child=None, task_timeout=None,
+                       max_worker_lifetime=None, max_worker_memory=None)
+
+
+def worker():
+    proc = types.SimpleNamespace(pid=1234, task_fd=-1, result_fd=-1, control_fd=-1)
+    w = Worker(proc, 0.0)
+    w.state = WorkerState.SERVING
+    return w
+
+
+def task(task_id):
+    t = Task(task_id, SafeFuture(), b"", print, None)
+    t.claim()
+    return t
+
+
+def test_an_answer_to_one_revoke_leaves_another_in_flight():
+    """Two REVOKEs in flight: the answer to the first must not make the second's task look
+    askable again, or it is asked twice and (not read yet) given back twice."""
+    m, w = manager(), worker()
+    w.running = task(1)
+    first, second = task(2), task(3)
+    first.revoking = second.revoking = True
+    w.sent = collections.deque([first, second])
+    w.assigned = 2
+    m._on_revoked(w, [first.id])
+    assert list(w.sent) == [second] and second.revoking
+    assert w.backlog() == []  # not asked for again while its REVOKE is on its way
+    assert list(m.queue) == [first] and not first.revoking
+
+
+def test_the_next_task_of_an_idle_worker_is_not_in_its_backlog():
+    w = worker()
+    about_to_start, behind = task(1), task(2)
+    w.sent = collections.deque([about_to_start, behind])
+    assert w.backlog() == [behind]
+    w.running = task(3)
+    assert w.backlog() == [about_to_start, behind]
