@@ -13,12 +13,11 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
-from . import _map
+from . import _by_value, _map
 from ._future import CancelNowFuture
 from ._ledger import Task, task_name
 from ._manager import PoolManager
 from ._process import resolve_context
-from ._protocol import dumps
 from ._stats import PoolStats
 from .errors import pickling_error
 
@@ -147,6 +146,9 @@ class SafeProcessPoolExecutor(Executor):
         max_worker_lifetime: replace a worker after this many seconds (after its current task).
         max_worker_memory: replace a worker whose resident memory, measured after each task,
             is over this many bytes.
+        cloudpickle_fallback: send what plain pickle cannot (a lambda, a closure, what
+            ``__main__`` defines under ``python -c``, ``python -`` or a notebook) with
+            cloudpickle, by value; False: plain pickle only, as the stdlib.
 
     Example::
 
@@ -165,7 +167,8 @@ class SafeProcessPoolExecutor(Executor):
                  task_timeout: Optional[float] = None,
                  cancel_running: bool = False,
                  max_worker_lifetime: Optional[float] = None,
-                 max_worker_memory: Optional[int] = None) -> None:
+                 max_worker_memory: Optional[int] = None,
+                 cloudpickle_fallback: bool = True) -> None:
         if max_workers is None:
             max_workers = default_max_workers()
         elif max_workers <= 0:
@@ -186,6 +189,7 @@ class SafeProcessPoolExecutor(Executor):
         self._mp_context = ctx
         self._task_timeout = task_timeout
         self._cancel_running = cancel_running
+        self._cloudpickle_fallback = cloudpickle_fallback
         self._ids = itertools.count(1)
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
@@ -194,7 +198,7 @@ class SafeProcessPoolExecutor(Executor):
             ctx, max_workers, initializer, tuple(initargs),
             max_tasks_per_child=max_tasks_per_child, task_timeout=task_timeout,
             max_worker_lifetime=max_worker_lifetime, max_worker_memory=max_worker_memory,
-            cancel_running=cancel_running)
+            cancel_running=cancel_running, cloudpickle_fallback=cloudpickle_fallback)
         self._manager_weakref = weakref.ref(self._manager)  # one for all its futures
         # Dropping the executor without shutdown() still stops and reaps its workers.
         weakref.finalize(self, self._manager.request, "shutdown").atexit = False
@@ -225,16 +229,17 @@ class SafeProcessPoolExecutor(Executor):
         if self._cancel_running:
             future._cancel_running = True
         try:
-            payload = dumps((fn, args, kwargs))
+            payload = _by_value.dumps((fn, args, kwargs), self._cloudpickle_fallback)
         except Exception as exc:
             self._check_open()  # a closed pool says so first, whatever the task
             # The stdlib reports this on the future, not at submit(): so do we, with an error
             # that is still the original type (except TypeError catches "cannot pickle ...").
             future.set_exception(pickling_error(
                 f"could not pickle the task {task_name(fn)} to send it to a worker: "
-                f"{type(exc).__name__}: {exc}. The function must be importable by name "
-                "(defined at module level, not a lambda or nested function) and every "
-                "argument picklable.", exc))
+                f"{type(exc).__name__}: {exc}{_by_value.explain(exc)}. Every argument must "
+                "be picklable" + ("" if self._cloudpickle_fallback else
+                                  ", and the function importable by name (defined at module "
+                                  "level, not a lambda or nested function)") + ".", exc))
             manager.count("submitted")
             manager.count("failed")
             return future

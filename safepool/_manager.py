@@ -76,7 +76,8 @@ class PoolManager:
     other threads may call; they take no lock that user code could be waiting on."""
 
     def __init__(self, ctx, max_workers: int, initializer, initargs, *, max_tasks_per_child,
-                 task_timeout, max_worker_lifetime, max_worker_memory, cancel_running=False):
+                 task_timeout, max_worker_lifetime, max_worker_memory, cancel_running=False,
+                 cloudpickle_fallback=True):
         self.ctx = ctx
         self.max_workers = max_workers
         self.initializer = initializer
@@ -86,6 +87,7 @@ class PoolManager:
         self.max_worker_lifetime = max_worker_lifetime
         self.max_worker_memory = max_worker_memory
         self.cancel_running = cancel_running
+        self.cloudpickle_fallback = cloudpickle_fallback
         self.owner_pid = os.getpid()
 
         # Shared with other threads: deque appends and pops are atomic.
@@ -227,7 +229,8 @@ class PoolManager:
     def _run(self) -> None:
         try:
             self.starter = Starter(self.ctx, self.initializer, self.initargs,
-                                   self.max_worker_memory is not None, self._on_started)
+                                   self.max_worker_memory is not None, self._on_started,
+                                   self.cloudpickle_fallback)
             while True:
                 # Tasks first: a command (cancel_futures) concerns every task submitted before it.
                 self._take_incoming()

@@ -51,6 +51,31 @@ def resolve_context(mp_context: Optional[BaseContext]) -> BaseContext:
     return mp_context
 
 
+def _skip_a_main_that_is_not_a_file(get_preparation_data):
+    """multiprocessing tells each new worker to run the main program's file again, so that
+    what ``__main__`` defines exists there. After ``python -`` that "file" is ``'<stdin>'``:
+    every worker died trying to run it, and the pool broke. A worker gets no such order now;
+    what such a ``__main__`` defines reaches workers by value (``_by_value``). Other programs
+    are untouched: the wrapper changes nothing when the file exists."""
+
+    def get_preparation_data_without_missing_main(name):
+        data = get_preparation_data(name)
+        path = data.get("init_main_from_path")
+        if path is not None and not os.path.isfile(path):
+            del data["init_main_from_path"]
+        return data
+
+    get_preparation_data_without_missing_main.safepool_wrapped = get_preparation_data
+    return get_preparation_data_without_missing_main
+
+
+def _install_main_guard() -> None:
+    from multiprocessing import spawn
+
+    if not hasattr(spawn.get_preparation_data, "safepool_wrapped"):
+        spawn.get_preparation_data = _skip_a_main_that_is_not_a_file(spawn.get_preparation_data)
+
+
 class WorkerProcess:
     """One started worker: its process and the parent's ends of its pipes.
 
@@ -60,8 +85,10 @@ class WorkerProcess:
     exit.
     """
 
-    def __init__(self, ctx: BaseContext, initializer, initargs, measure_rss: bool):
+    def __init__(self, ctx: BaseContext, initializer, initargs, measure_rss: bool,
+                 by_value: bool = True):
         ensure_safe_forkserver(ctx)  # no forkserver other users can reach (issue 13)
+        _install_main_guard()
         task_r, self.task_fd = os.pipe()
         self.result_fd, result_w = os.pipe()
         lifeline_r, self.lifeline_fd = os.pipe()
@@ -72,7 +99,7 @@ class WorkerProcess:
                       Connection(control_r)]
         self.process = ctx.Process(
             target=worker_main,
-            args=(*child_ends, initializer, initargs, measure_rss),
+            args=(*child_ends, initializer, initargs, measure_rss, by_value),
             name="safepool-worker",
         )
         try:
@@ -153,8 +180,9 @@ class Starter:
     Each start reports back through ``report(proc, error)`` (one of them is None).
     """
 
-    def __init__(self, ctx: BaseContext, initializer, initargs, measure_rss: bool, report):
-        self._args = (ctx, initializer, initargs, measure_rss)
+    def __init__(self, ctx: BaseContext, initializer, initargs, measure_rss: bool, report,
+                 by_value: bool = True):
+        self._args = (ctx, initializer, initargs, measure_rss, by_value)
         self._report = report
         self._requests: "queue.SimpleQueue" = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="safepool-starter", daemon=True)

@@ -283,7 +283,7 @@ def run_chunk(fn: Callable, chunk: list):
     return results, None
 
 
-def _run_one(task_id: int, payload: memoryview, measure_rss: bool):
+def _run_one(task_id: int, payload: memoryview, measure_rss: bool, by_value: bool):
     """Run one task; return the message that reports it."""
     try:
         fn, args, kwargs = pickle.loads(payload)
@@ -295,16 +295,24 @@ def _run_one(task_id: int, payload: memoryview, measure_rss: bool):
     except BaseException as exc:  # noqa: B036 - SystemExit too, as the stdlib does
         kind, data = P.ERROR, P.dump_exception(exc, f"{_name(fn)} raised")
     else:
-        kind, data = _dump_result(fn, value)
+        kind, data = _dump_result(fn, value, by_value)
         del value  # before the (maybe slow) send: memory is measured after it
     del fn, args, kwargs
     return (kind, task_id, data, _rss() if measure_rss else 0)
 
 
-def _dump_result(fn: Any, value: Any):
+def _dump_result(fn: Any, value: Any, by_value: bool):
     try:
         return P.RESULT, P.dumps(value)
     except BaseException as exc:  # noqa: B036 - the stdlib reports even SystemExit here
+        if by_value and isinstance(exc, Exception):
+            # A lambda, or an instance of a class the parent sent by value: cloudpickle.
+            from . import _by_value
+
+            try:
+                return P.RESULT, _by_value._cloudpickle_dumps(value)
+            except Exception:
+                pass
         from .errors import pickling_error
 
         if not isinstance(exc, Exception):
@@ -333,7 +341,7 @@ def _run_initializer(inbox: _Inbox, initializer: Callable, initargs: Sequence) -
 
 
 def worker_main(task_conn, result_conn, lifeline_conn, control_conn, initializer, initargs,
-                measure_rss) -> None:
+                measure_rss, by_value=True) -> None:
     """Entry point of a worker process (the target of ``multiprocessing.Process``)."""
     reset_signals()
     own_process_group()
@@ -361,7 +369,7 @@ def worker_main(task_conn, result_conn, lifeline_conn, control_conn, initializer
             task = inbox.next_task(done)
             if task is None:
                 break
-            done = _run_one(task[0], task[1], measure_rss)
+            done = _run_one(task[0], task[1], measure_rss, by_value)
             task = None  # free the arguments before blocking for the next one
     finally:
         kill_descendants()
