@@ -18,6 +18,7 @@ _EXPORTS = {
     "PoolStats": "._stats",
     "BrokenProcessPool": ".errors",
     "WorkerLostError": ".errors",
+    "PoisonTaskError": ".errors",
     "TaskTimeoutError": ".errors",
     "TaskPicklingError": ".errors",
     "TaskUnpicklingError": ".errors",
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from ._stats import PoolStats  # noqa: F401
     from .errors import (  # noqa: F401
         BrokenProcessPool,
+        PoisonTaskError,
         RemoteTraceback,
         TaskPicklingError,
         TaskTimeoutError,

@@ -146,6 +146,10 @@ class SafeProcessPoolExecutor(Executor):
         max_worker_lifetime: replace a worker after this many seconds (after its current task).
         max_worker_memory: replace a worker whose resident memory, measured after each task,
             is over this many bytes.
+        retries: run a task again, up to this many times, when the worker running it dies
+            (OOM kill, segfault, ``os._exit``); never after an exception, a timeout or a
+            cancel. A task that kills ``retries + 1`` workers fails with
+            :class:`~safepool.PoisonTaskError`. Default 0, as the stdlib: never run twice.
         cloudpickle_fallback: send what plain pickle cannot (a lambda, a closure, what
             ``__main__`` defines under ``python -c``, ``python -`` or a notebook) with
             cloudpickle, by value; False: plain pickle only, as the stdlib.
@@ -168,7 +172,8 @@ class SafeProcessPoolExecutor(Executor):
                  cancel_running: bool = False,
                  max_worker_lifetime: Optional[float] = None,
                  max_worker_memory: Optional[int] = None,
-                 cloudpickle_fallback: bool = True) -> None:
+                 cloudpickle_fallback: bool = True,
+                 retries: int = 0) -> None:
         if max_workers is None:
             max_workers = default_max_workers()
         elif max_workers <= 0:
@@ -180,6 +185,7 @@ class SafeProcessPoolExecutor(Executor):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
+        _check_retries(retries)
         _check_positive("task_timeout", task_timeout)
         _check_positive("max_worker_lifetime", max_worker_lifetime)
         _check_positive("max_worker_memory", max_worker_memory)
@@ -190,6 +196,7 @@ class SafeProcessPoolExecutor(Executor):
         self._task_timeout = task_timeout
         self._cancel_running = cancel_running
         self._cloudpickle_fallback = cloudpickle_fallback
+        self._retries = retries
         self._ids = itertools.count(1)
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
@@ -207,22 +214,27 @@ class SafeProcessPoolExecutor(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)`` in a worker; return its Future."""
-        return self._submit(fn, args, kwargs, self._task_timeout)
+        return self._submit(fn, args, kwargs, self._task_timeout, self._retries)
 
     def schedule(self, fn: Callable[..., Any], args: Iterable[Any] = (),
                  kwargs: Optional[Dict[str, Any]] = None, *,
-                 timeout: Optional[float] = None) -> Future:
+                 timeout: Optional[float] = None,
+                 retries: Optional[int] = None) -> Future:
         """Like :meth:`submit`, with a timeout for this task (pebble's name and signature).
 
         ``timeout`` counts seconds from when the task starts running, not from when it was
         queued; it overrides the executor's ``task_timeout``. On expiry the future fails with
         :class:`~safepool.TaskTimeoutError` and the worker is stopped and replaced.
+        ``retries`` overrides the executor's ``retries`` for this task.
         """
         _check_positive("timeout", timeout)
+        if retries is not None:
+            _check_retries(retries)
         return self._submit(fn, tuple(args), dict(kwargs or {}),
-                            self._task_timeout if timeout is None else timeout)
+                            self._task_timeout if timeout is None else timeout,
+                            self._retries if retries is None else retries)
 
-    def _submit(self, fn, args, kwargs, timeout) -> Future:
+    def _submit(self, fn, args, kwargs, timeout, retries) -> Future:
         manager = self._manager
         future = SafeFuture()
         future._manager_ref = self._manager_weakref
@@ -243,7 +255,7 @@ class SafeProcessPoolExecutor(Executor):
             manager.count("submitted")
             manager.count("failed")
             return future
-        task = Task(next(self._ids), future, payload, fn, timeout)
+        task = Task(next(self._ids), future, payload, fn, timeout, retries)
         future._task_ref = weakref.ref(task)
         with self._shutdown_lock:
             # Checked again under the lock that shutdown() takes, so no task slips in after
@@ -403,6 +415,13 @@ class SafeProcessPoolExecutor(Executor):
 
 #: How long shutdown waits for workers after SIGKILL before it gives up waiting.
 _STOP_BOUND = 30.0
+
+
+def _check_retries(retries) -> None:
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"retries must be an int, not {type(retries).__name__}")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, not {retries!r}")
 
 
 def _check_positive(name: str, value) -> None:

@@ -15,7 +15,9 @@ Invariants (asserted by tests/test_ledger.py and the stateful test):
 
 * A task is on at most one worker, and only in SENT or STARTED.
 * A task becomes STARTED only on its worker's own word (STARTED), at most once: a task that
-  was STARTED is never sent again, whatever happens to its worker.
+  was STARTED is never sent again, whatever happens to its worker, with one exception the
+  user asks for: with ``retries=N``, a task whose worker *died* under it (not a timeout, a
+  cancel, an exception it raised, or a stop we ordered) goes back to QUEUED, at most N times.
 * A task that was not STARTED ran none of its code, so it may go back to QUEUED (a revoke, or
   its worker died before starting it) and be sent to another worker.
 * Its future is settled exactly once, through ``settle_*`` below, by the manager thread, while
@@ -52,10 +54,10 @@ class Task:
     """One submitted call: its future and its pickled (fn, args, kwargs), kept for a resend."""
 
     __slots__ = ("id", "future", "payload", "fn", "timeout", "state", "claimed", "withdraw",
-                 "started_at", "revoking", "number", "__weakref__")
+                 "started_at", "revoking", "number", "retries", "deaths", "__weakref__")
 
     def __init__(self, task_id: int, future: Future, payload, fn: Any,
-                 timeout: Optional[float]):
+                 timeout: Optional[float], retries: int = 0):
         self.id = task_id
         self.future = future
         self.payload = payload
@@ -67,6 +69,8 @@ class Task:
         self.started_at = 0.0      # monotonic time its STARTED arrived
         self.revoking = False      # a REVOKE for it is on its way to its worker
         self.number = -1           # its number on the task pipe of the worker it was sent to
+        self.retries = retries     # runs again it may have if a worker dies under it
+        self.deaths: list = []     # (pid, exitcode) of each worker that died running it
 
     def claim(self) -> bool:
         """Mark the future RUNNING, once; False if it has ended (cancelled while queued)."""

@@ -38,6 +38,7 @@ from ._lifecycle import Worker, WorkerState
 from ._process import Starter, WorkerProcess, kill_tree
 from ._stats import CAUSES, PoolStats
 from .errors import (
+    PoisonTaskError,
     TaskFaultError,
     TaskTimeoutError,
     TaskUnpicklingError,
@@ -68,6 +69,7 @@ SPAWN_RETRY = 0.2
 START_BOUND = 60.0
 
 _COUNT_KEYS = ("started", "completed", "failed", "cancelled", "late", "submitted", "revoked",
+               "retried", "poison",
                *("replaced_" + c for c in CAUSES))
 
 
@@ -204,6 +206,8 @@ class PoolManager:
             tasks_failed=c["failed"],
             tasks_cancelled=c["cancelled"],
             late_results_dropped=c["late"],
+            tasks_retried=c["retried"],
+            poison_tasks=c["poison"],
         )
 
     def after_fork_in_child(self) -> None:
@@ -627,10 +631,34 @@ class PoolManager:
         if w.running is not None:
             task, w.running = w.running, None
             if task.state != TaskState.DONE:
-                reason = None if crashed else (
-                    w.lost_reason or f"its worker was stopped ({w.stop_cause})")
-                self.ledger.fail(task, self._lost_error(w, task, exitcode, reason))
+                if crashed:
+                    self._on_task_lost(w, task, exitcode)
+                else:
+                    reason = w.lost_reason or f"its worker was stopped ({w.stop_cause})"
+                    self.ledger.fail(task, self._lost_error(w, task, exitcode, reason))
         self._settle_unstarted(w)
+
+    def _on_task_lost(self, w: Worker, task: Task, exitcode: Optional[int]) -> None:
+        """Its worker died under it: run it again if it has retries left, else fail it."""
+        if not task.retries and not task.deaths:
+            self.ledger.fail(task, self._lost_error(w, task, exitcode))
+            return
+        task.deaths.append((w.pid, exitcode))
+        if task.retries and self.aborting is None and self.broken is None:
+            task.retries -= 1
+            task.state = TaskState.QUEUED
+            task.revoking = False
+            self.queue.appendleft(task)  # next, on whichever worker is free first
+            self.counts["retried"] += 1
+            log.warning("running %s again (%d retries left): its worker pid %d died: %s",
+                        task.name, task.retries, w.pid, describe_exit(exitcode))
+            return
+        self.counts["poison"] += 1
+        deaths = "; ".join(f"pid {pid}: {describe_exit(code)}" for pid, code in task.deaths)
+        self.ledger.fail(task, PoisonTaskError(
+            f"{task.name} killed every worker it ran on, {len(task.deaths)} of them ({deaths}). "
+            "It is a poison task: it was not run again. The pool keeps serving.",
+            deaths=task.deaths, pid=w.pid, exitcode=exitcode, task=task.name))
 
     def _settle_unstarted(self, w: Worker) -> None:
         tasks, w.sent = list(w.sent), collections.deque()

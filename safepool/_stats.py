@@ -19,6 +19,8 @@ class PoolStats:
     "terminated") to how many workers ended for it; workers stopped by ``shutdown()`` are
     not counted there. ``late_results_dropped`` counts results that arrived for a task which
     had already timed out or been cancelled: they are dropped, never delivered twice.
+    ``tasks_retried`` counts runs again after a worker died under a task (``retries``);
+    ``poison_tasks`` counts tasks that failed with ``PoisonTaskError``.
     """
 
     workers_alive: int = 0
@@ -32,6 +34,8 @@ class PoolStats:
     tasks_failed: int = 0
     tasks_cancelled: int = 0
     late_results_dropped: int = 0
+    tasks_retried: int = 0
+    poison_tasks: int = 0
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())

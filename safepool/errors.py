@@ -16,6 +16,7 @@ from typing import Optional
 __all__ = [
     "BrokenProcessPool",
     "WorkerLostError",
+    "PoisonTaskError",
     "TaskTimeoutError",
     "TaskPicklingError",
     "TaskUnpicklingError",
@@ -71,6 +72,22 @@ class WorkerLostError(BrokenProcessPool):
 
     def __reduce__(self):
         return (type(self), (str(self), self.pid, self.exitcode, self.task))
+
+
+class PoisonTaskError(WorkerLostError):
+    """This task killed every worker it ran on: its first run and each of its ``retries``.
+
+    ``deaths`` lists each of them as ``(pid, exitcode)`` (a negative exit code is the signal
+    that killed the worker). The pool keeps serving; only this task fails.
+    """
+
+    def __init__(self, message: str, deaths=(), pid: Optional[int] = None,
+                 exitcode: Optional[int] = None, task: Optional[str] = None):
+        super().__init__(message, pid, exitcode, task)
+        self.deaths = tuple(tuple(d) for d in deaths)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.deaths, self.pid, self.exitcode, self.task))
 
 
 if concurrent.futures.TimeoutError is TimeoutError:  # Python 3.11 and later

@@ -116,3 +116,29 @@ def hog_gil(seconds):
 def loaded_modules(prefix):
     """The modules of ``prefix`` this worker has imported."""
     return sorted(m for m in sys.modules if m.startswith(prefix))
+
+
+def die_until(path, deaths):
+    """Count this run in ``path``; kill this worker (SIGKILL) on the first ``deaths`` runs,
+    then return how many runs there were."""
+    import signal
+
+    with open(path, "a") as f:
+        f.write("x")
+    with open(path) as f:
+        runs = len(f.read())
+    if runs <= deaths:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return runs
+
+
+def count_and_raise(path):
+    with open(path, "a") as f:
+        f.write("x")
+    raise ValueError("a task's own error")
+
+
+def count_and_sleep(path, seconds):
+    with open(path, "a") as f:
+        f.write("x")
+    time.sleep(seconds)
