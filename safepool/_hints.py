@@ -11,8 +11,8 @@ file again, under the name ``__mp_main__``. That fails when the main program has
 * ``python -c CODE``: ``__main__`` has no file, so a function or class defined in CODE does
   not exist in a worker; the task cannot be unpickled there.
 * a script piped to ``python -`` (or ``python < script.py``): ``__main__.__file__`` is
-  ``'<stdin>'``, which a worker tries to open, so every worker fails to start with
-  ``FileNotFoundError``.
+  ``'<stdin>'``, not a file (the stdlib's workers try to open it and all fail to start;
+  safepool's are not asked to, see ``_process._skip_a_main_that_is_not_a_file``).
 * the interactive interpreter, Jupyter or IPython: as with ``-c``, definitions made there live
   only in the parent.
 
@@ -28,7 +28,8 @@ from typing import Optional
 
 #: How every hint ends: the one fix that works in every case.
 _FIX = ("Put the function (and any class it uses) in a .py file and run that file, or import "
-        "it from a module: workers started with forkserver or spawn import it by name.")
+        "it from a module: workers started with forkserver or spawn import it by name. Or "
+        "leave cloudpickle_fallback=True (the default), so that safepool sends it by value.")
 
 _MP_MAIN = re.compile(r"(?<![\w.])__mp_main__(?!\w)")
 
@@ -81,34 +82,17 @@ def main_module_trap(main_module: Optional[ModuleType] = None) -> Optional[str]:
                 "process, and a worker cannot find them. " + _FIX)
     if path == "<stdin>":
         return ("This program was read from standard input (`python -` or `python < "
-                "script.py`): a worker re-runs the main program from its file, and '<stdin>' "
-                "is not a file, so every worker fails to start (FileNotFoundError: "
-                "'<stdin>'). Save the program to a file and run `python script.py`.")
+                "script.py`), which leaves no file a worker could run again: functions and "
+                "classes defined in it exist only in this process, and a worker cannot find "
+                "them. Save the program to a file and run `python script.py`. " + _FIX)
     if path.startswith("<") and path.endswith(">"):
         return ("The main module comes from %s, not from a file: a worker cannot re-run it, "
                 "so functions and classes defined there do not exist in a worker. %s"
                 % (path, _FIX))
     if not os.path.exists(_as_worker_sees_it(path)):
-        return ("The main program's file %s no longer exists: a worker re-runs it to find "
-                "the functions defined there, so every worker fails to start. Run the "
-                "program again from a file that stays in place." % path)
-    return None
-
-
-def start_failure_hint(main_module: Optional[ModuleType] = None) -> Optional[str]:
-    """The hint for workers that keep dying before their first task; None if ``__main__``
-    is not the reason.
-
-    Only a main program that a worker cannot re-run (read from ``<stdin>``, or a file that
-    has gone) makes *every* worker fail to start; ``python -c`` and notebooks start workers
-    fine and fail later, task by task (see :func:`unpickling_hint`).
-    """
-    main = _main_module(main_module)
-    path = getattr(main, "__file__", None) if main is not None else None
-    if path is None:
-        return None
-    if path == "<stdin>" or not os.path.exists(_as_worker_sees_it(path)):
-        return main_module_trap(main)
+        return ("The main program's file %s no longer exists: a worker cannot run it again "
+                "to find the functions defined there. Run the program again from a file that "
+                "stays in place. %s" % (path, _FIX))
     return None
 
 

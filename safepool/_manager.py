@@ -721,12 +721,11 @@ class PoolManager:
         self.startup_failures += 1
         if self.startup_failures < STARTUP_FAILURE_LIMIT:
             return
-        hint = _hints.start_failure_hint()
         broken = BrokenProcessPool(
             f"A child process terminated abruptly, the process pool is not usable anymore: "
             f"{STARTUP_FAILURE_LIMIT} workers in a row failed before taking a task; the last "
             f"time {why}. Fix the cause (the initializer, the environment) and create a new "
-            "executor." + (" " + hint if hint else ""))
+            "executor.")
         broken.__cause__ = error
         self._break(broken)
 

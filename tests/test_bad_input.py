@@ -21,8 +21,9 @@ pytestmark = pytest.mark.usefixtures("clean")
 
 @pytest.fixture
 def pool():
-    """One worker, so 'the same worker keeps serving' is checkable by pid."""
-    ex = SafeProcessPoolExecutor(max_workers=1)
+    """One worker, so 'the same worker keeps serving' is checkable by pid. Plain pickle only,
+    as the stdlib: what cloudpickle sends instead is tested in test_by_value.py."""
+    ex = SafeProcessPoolExecutor(max_workers=1, cloudpickle_fallback=False)
     ex.worker_pid = ex.submit(tasks.getpid).result(timeout=30)
     yield ex
     ex.shutdown()
