@@ -24,6 +24,8 @@ _EXPORTS = {
     "TaskUnpicklingError": ".errors",
     "RemoteTraceback": ".errors",
     "executor": "._factory",
+    "current_worker": "._worker",
+    "WorkerInfo": "._worker",
 }
 
 __all__ = list(_EXPORTS)
@@ -45,6 +47,7 @@ def __dir__() -> List[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     from ._executor import SafeProcessPoolExecutor, default_max_workers  # noqa: F401
     from ._stats import PoolStats  # noqa: F401
+    from ._worker import WorkerInfo, current_worker  # noqa: F401
     from .errors import (  # noqa: F401
         BrokenProcessPool,
         PoisonTaskError,

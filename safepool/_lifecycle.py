@@ -47,6 +47,7 @@ class Worker:
     def __init__(self, proc: WorkerProcess, now: float):
         self.proc = proc
         self.pid = proc.pid
+        self.slot: int = getattr(proc, "slot", 0)
         self.channel = Channel(proc.task_fd, proc.result_fd, proc.control_fd)
         self.state = WorkerState.STARTING
         self.started_at = now

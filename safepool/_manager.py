@@ -107,6 +107,7 @@ class PoolManager:
         self.queue: Deque[Task] = collections.deque()
         self.workers: Dict[int, Worker] = {}
         self.starting = 0
+        self.starting_slots: set = set()
         self.shutting_down = False
         self.aborting: Optional[str] = None
         self.startup_failures = 0
@@ -316,7 +317,7 @@ class PoolManager:
             command = self.commands.popleft()
             name = command[0]
             if name == "started":
-                self._on_started_here(command[1], command[2])
+                self._on_started_here(command[1], command[2], command[3])
             elif name == "shutdown":
                 self.shutting_down = True
             elif name == "cancel_futures":
@@ -345,13 +346,15 @@ class PoolManager:
 
     # ---- starting workers ------------------------------------------------------------------
 
-    def _on_started(self, proc: Optional[WorkerProcess], error: Optional[BaseException]) -> None:
+    def _on_started(self, proc: Optional[WorkerProcess], error: Optional[BaseException],
+                    slot: int) -> None:
         """On the starter thread: hand the result to the manager."""
-        self.request("started", proc, error)
+        self.request("started", proc, error, slot)
 
     def _on_started_here(self, proc: Optional[WorkerProcess],
-                         error: Optional[BaseException]) -> None:
+                         error: Optional[BaseException], slot: int) -> None:
         self.starting -= 1
+        self.starting_slots.discard(slot)
         if proc is None:
             log.warning("safepool could not start a worker: %r", error)
             self.next_spawn_at = time.monotonic() + SPAWN_RETRY
@@ -373,8 +376,13 @@ class PoolManager:
                 and time.monotonic() >= self.next_spawn_at)
 
     def _spawn(self) -> None:
+        # The lowest slot no live worker holds: a replacement takes the slot of the worker it
+        # replaces (safepool.current_worker().slot), so per-slot resources stay in range.
+        held = {w.slot for w in self.workers.values() if w.holds_slot} | self.starting_slots
+        slot = min(set(range(self.max_workers)) - held)
         self.starting += 1
-        self.starter.start_one()
+        self.starting_slots.add(slot)
+        self.starter.start_one(slot)
 
     # ---- dispatching -----------------------------------------------------------------------
 

@@ -86,7 +86,7 @@ class WorkerProcess:
     """
 
     def __init__(self, ctx: BaseContext, initializer, initargs, measure_rss: bool,
-                 by_value: bool = True):
+                 by_value: bool = True, slot: int = 0):
         ensure_safe_forkserver(ctx)  # no forkserver other users can reach (issue 13)
         _install_main_guard()
         task_r, self.task_fd = os.pipe()
@@ -99,7 +99,7 @@ class WorkerProcess:
                       Connection(control_r)]
         self.process = ctx.Process(
             target=worker_main,
-            args=(*child_ends, initializer, initargs, measure_rss, by_value),
+            args=(*child_ends, initializer, initargs, measure_rss, by_value, slot),
             name="safepool-worker",
         )
         try:
@@ -111,6 +111,7 @@ class WorkerProcess:
         finally:
             for conn in child_ends:  # the child has its own copies now
                 conn.close()
+        self.slot = slot
         self.pid: int = self.process.pid
         self.sentinel: int = self.process.sentinel
         for fd in (self.task_fd, self.result_fd, self.control_fd):
@@ -177,7 +178,7 @@ class Starter:
     initargs into the child, which reads them only after importing the main module; a child
     hung in that import would hang the start forever. On the manager thread that froze every
     result, timeout and shutdown of the pool. Here it delays only the new worker.
-    Each start reports back through ``report(proc, error)`` (one of them is None).
+    Each start reports back through ``report(proc, error, slot)`` (proc or error is None).
     """
 
     def __init__(self, ctx: BaseContext, initializer, initargs, measure_rss: bool, report,
@@ -187,10 +188,10 @@ class Starter:
         self._requests: "queue.SimpleQueue" = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="safepool-starter", daemon=True)
 
-    def start_one(self) -> None:
+    def start_one(self, slot: int) -> None:
         if not self.thread.is_alive() and self.thread.ident is None:
             self.thread.start()
-        self._requests.put(True)
+        self._requests.put(slot)
 
     def close(self, bound: float) -> None:
         """Let the thread end after the starts already asked for; wait up to ``bound``."""
@@ -200,13 +201,16 @@ class Starter:
         self.thread.join(bound)
 
     def _run(self) -> None:
-        while self._requests.get() is not None:
+        while True:
+            slot = self._requests.get()
+            if slot is None:
+                return
             try:
-                proc = WorkerProcess(*self._args)
+                proc = WorkerProcess(*self._args, slot=slot)
             except BaseException as exc:  # noqa: B036 - reported, and counted as a failed start
-                self._report(None, exc)
+                self._report(None, exc, slot)
             else:
-                self._report(proc, None)
+                self._report(proc, None, slot)
 
 
 #: Linux's F_SETPIPE_SZ (Python has the name only from 3.10), and the size we ask for.

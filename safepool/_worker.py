@@ -8,10 +8,38 @@ import pickle
 import signal
 import sys
 import threading
-from typing import Any, Callable, Deque, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from . import _protocol as P
 from ._fd_hygiene import close_on_exec_all
+
+
+class WorkerInfo(NamedTuple):
+    """Which worker runs the current task (see :func:`current_worker`)."""
+
+    slot: int       #: in ``range(max_workers)``; a replacement takes its predecessor's slot
+    pid: int        #: this worker's process id
+    tasks_run: int  #: tasks this worker started so far, the current one included
+
+
+_slot: Optional[int] = None  # set in a worker process only
+_tasks_run = 0
+
+
+def current_worker() -> Optional[WorkerInfo]:
+    """Inside a task (or an initializer): which worker this is. None outside a worker.
+
+    The slot is stable across replacements: a worker that replaces a dead or recycled one
+    gets its slot, so an initializer may open one resource per slot (a GPU, a port, a
+    scratch directory) and tasks may find it through a module global::
+
+        def init():
+            global device
+            device = f"cuda:{safepool.current_worker().slot}"
+    """
+    if _slot is None:
+        return None
+    return WorkerInfo(_slot, os.getpid(), _tasks_run)
 
 
 def reset_signals() -> None:
@@ -341,8 +369,9 @@ def _run_initializer(inbox: _Inbox, initializer: Callable, initargs: Sequence) -
 
 
 def worker_main(task_conn, result_conn, lifeline_conn, control_conn, initializer, initargs,
-                measure_rss, by_value=True) -> None:
+                measure_rss, by_value=True, slot=0) -> None:
     """Entry point of a worker process (the target of ``multiprocessing.Process``)."""
+    global _slot, _tasks_run
     reset_signals()
     own_process_group()
     become_subreaper()
@@ -359,6 +388,7 @@ def worker_main(task_conn, result_conn, lifeline_conn, control_conn, initializer
     # holds no pipe to the parent (nor the stdlib's forkserver and tracker pipes).
     close_on_exec_all()
     inbox = _Inbox(task_fd, result_fd, control_fd)
+    _slot = slot
     try:
         if initializer is not None and not _run_initializer(inbox, initializer, initargs):
             sys.exit(1)
@@ -369,6 +399,7 @@ def worker_main(task_conn, result_conn, lifeline_conn, control_conn, initializer
             task = inbox.next_task(done)
             if task is None:
                 break
+            _tasks_run += 1
             done = _run_one(task[0], task[1], measure_rss, by_value)
             task = None  # free the arguments before blocking for the next one
     finally:

@@ -142,3 +142,16 @@ def count_and_sleep(path, seconds):
     with open(path, "a") as f:
         f.write("x")
     time.sleep(seconds)
+
+
+def whoami(seconds=0.0):
+    """This worker's safepool.current_worker(), as a plain tuple, after ``seconds``."""
+    import safepool
+
+    time.sleep(seconds)
+    info = safepool.current_worker()
+    return None if info is None else tuple(info)
+
+
+def die():
+    os._exit(3)
