@@ -98,6 +98,10 @@ class Channel:
         body = P.pack_revoke((task.number, task.id) for task in tasks)
         self.control.write([P.TO_WORKER.pack(len(body), P.REVOKE) + body])
 
+    def write_soft_timeout(self, task) -> None:
+        body = P.pack_ids([task.id])
+        self.control.write([P.TO_WORKER.pack(len(body), P.SOFT_TIMEOUT) + body])
+
     def write_stop(self) -> None:
         self.tasks.write([P.TO_WORKER.pack(0, P.STOP)])
 

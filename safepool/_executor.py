@@ -150,6 +150,9 @@ class SafeProcessPoolExecutor(Executor):
             (OOM kill, segfault, ``os._exit``); never after an exception, a timeout or a
             cancel. A task that kills ``retries + 1`` workers fails with
             :class:`~safepool.PoisonTaskError`. Default 0, as the stdlib: never run twice.
+        soft_timeout: seconds a task may run (from when it starts) before
+            :class:`~safepool.SoftTimeoutError` is raised *inside* it, so that it can clean
+            up; combine with ``task_timeout`` (longer) to stop it for good if it does not.
         cloudpickle_fallback: send what plain pickle cannot (a lambda, a closure, what
             ``__main__`` defines under ``python -c``, ``python -`` or a notebook) with
             cloudpickle, by value; False: plain pickle only, as the stdlib.
@@ -173,7 +176,8 @@ class SafeProcessPoolExecutor(Executor):
                  max_worker_lifetime: Optional[float] = None,
                  max_worker_memory: Optional[int] = None,
                  cloudpickle_fallback: bool = True,
-                 retries: int = 0) -> None:
+                 retries: int = 0,
+                 soft_timeout: Optional[float] = None) -> None:
         if max_workers is None:
             max_workers = default_max_workers()
         elif max_workers <= 0:
@@ -187,6 +191,7 @@ class SafeProcessPoolExecutor(Executor):
                 raise ValueError("max_tasks_per_child must be >= 1")
         _check_retries(retries)
         _check_positive("task_timeout", task_timeout)
+        _check_positive("soft_timeout", soft_timeout)
         _check_positive("max_worker_lifetime", max_worker_lifetime)
         _check_positive("max_worker_memory", max_worker_memory)
         ctx = resolve_context(mp_context)
@@ -197,6 +202,7 @@ class SafeProcessPoolExecutor(Executor):
         self._cancel_running = cancel_running
         self._cloudpickle_fallback = cloudpickle_fallback
         self._retries = retries
+        self._soft_timeout = soft_timeout
         self._ids = itertools.count(1)
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
@@ -214,27 +220,31 @@ class SafeProcessPoolExecutor(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)`` in a worker; return its Future."""
-        return self._submit(fn, args, kwargs, self._task_timeout, self._retries)
+        return self._submit(fn, args, kwargs, self._task_timeout, self._retries,
+                            self._soft_timeout)
 
     def schedule(self, fn: Callable[..., Any], args: Iterable[Any] = (),
                  kwargs: Optional[Dict[str, Any]] = None, *,
                  timeout: Optional[float] = None,
-                 retries: Optional[int] = None) -> Future:
+                 retries: Optional[int] = None,
+                 soft_timeout: Optional[float] = None) -> Future:
         """Like :meth:`submit`, with a timeout for this task (pebble's name and signature).
 
         ``timeout`` counts seconds from when the task starts running, not from when it was
         queued; it overrides the executor's ``task_timeout``. On expiry the future fails with
         :class:`~safepool.TaskTimeoutError` and the worker is stopped and replaced.
-        ``retries`` overrides the executor's ``retries`` for this task.
+        ``retries`` and ``soft_timeout`` override the executor's for this task.
         """
         _check_positive("timeout", timeout)
+        _check_positive("soft_timeout", soft_timeout)
         if retries is not None:
             _check_retries(retries)
         return self._submit(fn, tuple(args), dict(kwargs or {}),
                             self._task_timeout if timeout is None else timeout,
-                            self._retries if retries is None else retries)
+                            self._retries if retries is None else retries,
+                            self._soft_timeout if soft_timeout is None else soft_timeout)
 
-    def _submit(self, fn, args, kwargs, timeout, retries) -> Future:
+    def _submit(self, fn, args, kwargs, timeout, retries, soft_timeout) -> Future:
         manager = self._manager
         future = SafeFuture()
         future._manager_ref = self._manager_weakref
@@ -255,7 +265,7 @@ class SafeProcessPoolExecutor(Executor):
             manager.count("submitted")
             manager.count("failed")
             return future
-        task = Task(next(self._ids), future, payload, fn, timeout, retries)
+        task = Task(next(self._ids), future, payload, fn, timeout, retries, soft_timeout)
         future._task_ref = weakref.ref(task)
         with self._shutdown_lock:
             # Checked again under the lock that shutdown() takes, so no task slips in after

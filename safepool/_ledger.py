@@ -54,10 +54,12 @@ class Task:
     """One submitted call: its future and its pickled (fn, args, kwargs), kept for a resend."""
 
     __slots__ = ("id", "future", "payload", "fn", "timeout", "state", "claimed", "withdraw",
-                 "started_at", "revoking", "number", "retries", "deaths", "__weakref__")
+                 "started_at", "revoking", "number", "retries", "deaths", "soft_timeout",
+                 "soft_sent", "__weakref__")
 
     def __init__(self, task_id: int, future: Future, payload, fn: Any,
-                 timeout: Optional[float], retries: int = 0):
+                 timeout: Optional[float], retries: int = 0,
+                 soft_timeout: Optional[float] = None):
         self.id = task_id
         self.future = future
         self.payload = payload
@@ -71,6 +73,8 @@ class Task:
         self.number = -1           # its number on the task pipe of the worker it was sent to
         self.retries = retries     # runs again it may have if a worker dies under it
         self.deaths: list = []     # (pid, exitcode) of each worker that died running it
+        self.soft_timeout = soft_timeout  # seconds from its start to SoftTimeoutError in it
+        self.soft_sent = False     # the worker was told (once per run)
 
     def claim(self) -> bool:
         """Mark the future RUNNING, once; False if it has ended (cancelled while queued)."""

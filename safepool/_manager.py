@@ -69,7 +69,7 @@ SPAWN_RETRY = 0.2
 START_BOUND = 60.0
 
 _COUNT_KEYS = ("started", "completed", "failed", "cancelled", "late", "submitted", "revoked",
-               "retried", "poison",
+               "retried", "poison", "soft_timeouts",
                *("replaced_" + c for c in CAUSES))
 
 
@@ -209,6 +209,7 @@ class PoolManager:
             late_results_dropped=c["late"],
             tasks_retried=c["retried"],
             poison_tasks=c["poison"],
+            soft_timeouts=c["soft_timeouts"],
         )
 
     def after_fork_in_child(self) -> None:
@@ -533,6 +534,7 @@ class PoolManager:
         task.state = TaskState.STARTED
         task.revoking = False
         task.started_at = time.monotonic()
+        task.soft_sent = False
         w.running = task
         if self.cancel_running and task.future.cancelled():
             # cancel_running: cancelled while it was on its way. It started all the same, so
@@ -853,6 +855,14 @@ class PoolManager:
             return None
         return task.started_at + task.timeout
 
+    def _soft_deadline(self, w: Worker) -> Optional[float]:
+        task = w.running
+        if task is None or task.soft_timeout is None or task.soft_sent:
+            return None
+        if task.state == TaskState.DONE or w.state >= WorkerState.TERMINATING:
+            return None
+        return task.started_at + task.soft_timeout
+
     def _lifetime_end(self, w: Worker) -> Optional[float]:
         if self.max_worker_lifetime is None or w.state != WorkerState.SERVING:
             return None
@@ -866,7 +876,8 @@ class PoolManager:
             # STARTUP_FAILURE_LIMIT failures in a row break the pool.
             nearest = min(nearest or self.next_spawn_at, self.next_spawn_at)
         for w in self.workers.values():
-            for deadline in (w.stop_deadline, self._task_deadline(w), self._lifetime_end(w)):
+            for deadline in (w.stop_deadline, self._task_deadline(w), self._soft_deadline(w),
+                             self._lifetime_end(w)):
                 if deadline is not None and (nearest is None or deadline < nearest):
                     nearest = deadline
         self._nearest = nearest
@@ -895,6 +906,15 @@ class PoolManager:
                     f"(pid {w.pid}) was stopped and replaced"))
                 w.lost_reason = f"the task before it on that worker ({task.name}) timed out"
                 w.terminate("timeout")
+            soft = self._soft_deadline(w)
+            if soft is not None and now >= soft:
+                task = w.running
+                task.soft_sent = True
+                self.counts["soft_timeouts"] += 1
+                log.info("%s passed its soft timeout of %.3gs on worker pid %d",
+                         task.name, task.soft_timeout, w.pid)
+                w.channel.write_soft_timeout(task)
+                self._watch_writes(w)
             end = self._lifetime_end(w)
             if end is not None and now >= end:
                 self._retire(w, "max_worker_lifetime reached", "recycle")

@@ -15,6 +15,8 @@ Parent -> worker, one message:  ``!QB`` (body length, kind) + body
     REVOKE  body: ``!QQ`` (task number, task id) pairs. The worker takes back those it has not
             started (one it has not even read yet is dropped when it arrives) and answers
             REVOKED with the ones it took back.
+    SOFT_TIMEOUT  body: a task id (``!Q``). If that task is still running, the worker raises
+            SoftTimeoutError in it; otherwise the message is ignored.
 
 Worker -> parent, one message per event:  ``!QBQQ`` (payload length, kind, task id, rss) + payload
     READY        the initializer succeeded; tasks that arrive from now on may start.
@@ -46,6 +48,7 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 TASKS = 1
 STOP = 2
 REVOKE = 3
+SOFT_TIMEOUT = 4
 TO_WORKER = struct.Struct("!QB")
 TASK_FRAME = struct.Struct("!QQ")
 

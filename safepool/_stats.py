@@ -20,7 +20,8 @@ class PoolStats:
     not counted there. ``late_results_dropped`` counts results that arrived for a task which
     had already timed out or been cancelled: they are dropped, never delivered twice.
     ``tasks_retried`` counts runs again after a worker died under a task (``retries``);
-    ``poison_tasks`` counts tasks that failed with ``PoisonTaskError``.
+    ``poison_tasks`` counts tasks that failed with ``PoisonTaskError``; ``soft_timeouts``
+    counts tasks told to stop by ``SoftTimeoutError`` (``soft_timeout``).
     """
 
     workers_alive: int = 0
@@ -36,6 +37,7 @@ class PoolStats:
     late_results_dropped: int = 0
     tasks_retried: int = 0
     poison_tasks: int = 0
+    soft_timeouts: int = 0
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())

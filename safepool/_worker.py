@@ -25,6 +25,26 @@ class WorkerInfo(NamedTuple):
 _slot: Optional[int] = None  # set in a worker process only
 _tasks_run = 0
 
+#: The task whose user code runs now (None between tasks, and while safepool's own code runs),
+#: and the one a SOFT_TIMEOUT asked to interrupt. Both are read by the signal handler, which
+#: runs in the main thread between two bytecodes of whatever runs there.
+_in_user_code: Optional[int] = None
+_soft_target: Optional[int] = None
+#: The signal that carries a soft timeout to the main thread (celery and billiard use it too).
+SOFT_SIGNAL = signal.SIGUSR1
+
+
+def _on_soft_signal(signum, frame) -> None:
+    """Raise SoftTimeoutError in the task, only if it is the task the parent meant and its
+    own code is running: never in safepool's code between tasks, never in the next task."""
+    global _soft_target
+    target = _soft_target
+    if target is not None and target == _in_user_code:
+        _soft_target = None
+        from .errors import SoftTimeoutError
+
+        raise SoftTimeoutError(f"the task ran past its soft_timeout (task {target})")
+
 
 def current_worker() -> Optional[WorkerInfo]:
     """Inside a task (or an initializer): which worker this is. None outside a worker.
@@ -50,9 +70,11 @@ def reset_signals() -> None:
     and then ``terminate()`` no longer stops the worker: processes leak until the container is
     OOM-killed. So: SIGTERM back to its default action and unblocked. SIGINT is ignored: Ctrl-C
     reaches the whole foreground process group, and the parent decides what happens to workers.
+    SIGUSR1 carries soft timeouts (``_on_soft_signal``).
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(SOFT_SIGNAL, _on_soft_signal)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
@@ -191,6 +213,7 @@ class _Inbox:
         self.received = 0  # task frames read from the task pipe (the next one's number)
         self.drop: Set[int] = set()  # numbers taken back before they were read
         self.closed = False  # STOP or end of file: run what is queued, then exit
+        self.running: Optional[int] = None  # the id of the task started last (under cond)
         self.reader = os.fdopen(task_fd, "rb", buffering=1 << 16, closefd=False)
 
     # -- the result pipe (any thread) --
@@ -222,6 +245,8 @@ class _Inbox:
                     return
                 if kind == P.REVOKE:
                     self._revoke(P.unpack_revoke(body))
+                elif kind == P.SOFT_TIMEOUT:
+                    self._soft_timeout(P.unpack_ids(body)[0])
         except Exception:  # a broken pipe: the parent will see our exit
             pass
         finally:
@@ -243,6 +268,14 @@ class _Inbox:
                     taken.append(task_id)
             # Under cond: no STARTED for these can follow, and none preceded this answer.
             self.send((P.REVOKED, 0, P.pack_ids(taken), 0))
+
+    def _soft_timeout(self, task_id: int) -> None:
+        global _soft_target
+        with self.cond:
+            if self.running != task_id:
+                return  # it finished meanwhile: nothing to interrupt
+            _soft_target = task_id
+        signal.pthread_kill(threading.main_thread().ident, SOFT_SIGNAL)
 
     # -- the main thread --
 
@@ -280,9 +313,11 @@ class _Inbox:
             with self.cond:
                 if self.queue:
                     task = self.queue.popleft()
+                    self.running = task[0]
                     started = (P.STARTED, task[0], b"", 0)
                     self.send(*((done, started) if done is not None else (started,)))
                     return task
+                self.running = None
                 if done is not None:
                     self.send(done)  # before waiting for more: the parent hears it now
                     done = None
@@ -313,13 +348,18 @@ def run_chunk(fn: Callable, chunk: list):
 
 def _run_one(task_id: int, payload: memoryview, measure_rss: bool, by_value: bool):
     """Run one task; return the message that reports it."""
+    global _in_user_code
     try:
         fn, args, kwargs = pickle.loads(payload)
     except BaseException as exc:  # noqa: B036 - a task that cannot be unpickled fails alone
         return (P.BAD_TASK, task_id, P.dump_exception(exc, "unpickling the task raised"), 0)
     del payload
     try:
-        value = fn(*args, **kwargs)
+        _in_user_code = task_id
+        try:
+            value = fn(*args, **kwargs)
+        finally:
+            _in_user_code = None
     except BaseException as exc:  # noqa: B036 - SystemExit too, as the stdlib does
         kind, data = P.ERROR, P.dump_exception(exc, f"{_name(fn)} raised")
     else:

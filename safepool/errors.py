@@ -18,6 +18,7 @@ __all__ = [
     "WorkerLostError",
     "PoisonTaskError",
     "TaskTimeoutError",
+    "SoftTimeoutError",
     "TaskPicklingError",
     "TaskUnpicklingError",
     "RemoteTraceback",
@@ -100,6 +101,16 @@ class TaskTimeoutError(*_TIMEOUT_BASES):  # type: ignore[misc]
     """A task ran longer than its timeout; its worker was stopped and replaced.
 
     A subclass of both ``concurrent.futures.TimeoutError`` and the builtin ``TimeoutError``.
+    """
+
+
+class SoftTimeoutError(*_TIMEOUT_BASES):  # type: ignore[misc]
+    """Raised *inside* a task that ran past its ``soft_timeout``, in its main thread, so that
+    it can clean up (close files, write partial results) and then raise or return.
+
+    It is raised in Python code: a task stuck in a C call that holds the GIL sees it only when
+    that call returns (the hard ``timeout`` still stops it). Uncaught, it fails the task's
+    future. A subclass of ``concurrent.futures.TimeoutError`` and ``TimeoutError``.
     """
 
 

@@ -155,3 +155,33 @@ def whoami(seconds=0.0):
 
 def die():
     os._exit(3)
+
+
+def sleep_then_clean_up(seconds, path):
+    """Sleep; on SoftTimeoutError write 'cleaned' to ``path`` and say so."""
+    import safepool
+
+    try:
+        time.sleep(seconds)
+        return "finished"
+    except safepool.SoftTimeoutError:
+        with open(path, "w") as f:
+            f.write("cleaned")
+        return "cleaned up"
+
+
+def ignore_soft_timeouts(seconds):
+    import safepool
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(end - time.monotonic())
+        except safepool.SoftTimeoutError:
+            pass
+    return "ignored"
+
+
+def sleep_and_return(seconds, value):
+    time.sleep(seconds)
+    return value
