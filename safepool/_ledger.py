@@ -55,7 +55,7 @@ class Task:
 
     __slots__ = ("id", "future", "payload", "fn", "timeout", "state", "claimed", "withdraw",
                  "started_at", "revoking", "number", "retries", "deaths", "soft_timeout",
-                 "soft_sent", "__weakref__")
+                 "soft_sent", "taken_from", "__weakref__")
 
     def __init__(self, task_id: int, future: Future, payload, fn: Any,
                  timeout: Optional[float], retries: int = 0,
@@ -75,6 +75,7 @@ class Task:
         self.deaths: list = []     # (pid, exitcode) of each worker that died running it
         self.soft_timeout = soft_timeout  # seconds from its start to SoftTimeoutError in it
         self.soft_sent = False     # the worker was told (once per run)
+        self.taken_from: Optional[int] = None  # pid of the worker that last gave it back
 
     def claim(self) -> bool:
         """Mark the future RUNNING, once; False if it has ended (cancelled while queued)."""

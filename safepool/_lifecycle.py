@@ -60,6 +60,7 @@ class Worker:
         self.init_error: Optional[BaseException] = None
         self.fault: Optional[BaseException] = None  # its channel broke: acks cannot be trusted
         self.lost_reason: Optional[str] = None  # what to tell a task stopped with it
+        self.abandoned = False  # the pool broke and failed its tasks; its messages are moot
 
     @property
     def serving(self) -> bool:

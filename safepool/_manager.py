@@ -394,16 +394,24 @@ class PoolManager:
         idle = [w for w in self.workers.values() if w.idle]
         while self.queue and idle:
             self._send_batch(idle.pop())
-        if self.queue:
-            # Start workers for what is left, then keep short tasks flowing to busy workers.
-            waiting = len(self.queue) - sum(1 for w in self.workers.values()
-                                            if w.state == WorkerState.STARTING) - self.starting
+        if self._can_spawn():
+            # Start workers for the work that waits: the queue, and tasks queued behind a busy
+            # worker (a new worker takes those back). Counting only the queue left a task
+            # stuck behind a long one after its idle taker retired or died, forever if the
+            # long one waited for it.
+            waiting = len(self.queue) + sum(len(w.backlog()) for w in self.workers.values()
+                                            if w.running is not None)
+            waiting -= self.starting + len(idle) + sum(
+                1 for w in self.workers.values() if w.state == WorkerState.STARTING)
             while waiting > 0 and self._can_spawn():
                 self._spawn()
                 waiting -= 1
+        if self.queue:
+            # Keep short tasks flowing to busy workers; never back behind the task a task was
+            # just taken back from (it would wait there again, with no idle worker to free it).
             while self.queue:
                 w = self._pipeline_worker()
-                if w is None:
+                if w is None or self.queue[0].taken_from == w.pid:
                     break
                 self._send_batch(w)
         elif idle:
@@ -482,6 +490,7 @@ class PoolManager:
         for task in batch:
             task.state = TaskState.SENT
             task.revoking = False
+            task.taken_from = None
         w.sent.extend(batch)
         w.assigned += len(batch)
         w.channel.write_tasks(batch)
@@ -506,6 +515,8 @@ class PoolManager:
         try:
             more = w.channel.read(messages)
         finally:
+            if w.abandoned:
+                messages = []  # its tasks were failed with the pool (_fail_everything)
             for message in messages:  # those that arrived before a corrupt one still count
                 self._on_message(w, *message)
         if w.channel.eof and w.proc.result_fd in self.selector.get_map():
@@ -567,6 +578,8 @@ class PoolManager:
             raise ProtocolError("REVOKED names a task that was not waiting there")
         w.sent = collections.deque(t for t in w.sent if t.id not in taken)
         w.assigned -= len(back)
+        for t in back:
+            t.taken_from = w.pid
         # A task asked for and not given back has started: its STARTED came first and cleared
         # its ``revoking``. Tasks still in ``sent`` keep theirs: another REVOKE may be on its
         # way for them, and asking twice would have the worker give one back twice.
@@ -650,7 +663,8 @@ class PoolManager:
 
     def _on_task_lost(self, w: Worker, task: Task, exitcode: Optional[int]) -> None:
         """Its worker died under it: run it again if it has retries left, else fail it."""
-        if not task.retries and not task.deaths:
+        if task.withdraw or (not task.retries and not task.deaths):
+            # (withdrawn: an abandoned map() no longer wants it, so it is not run again)
             self.ledger.fail(task, self._lost_error(w, task, exitcode))
             return
         task.deaths.append((w.pid, exitcode))
@@ -749,6 +763,8 @@ class PoolManager:
     def _stop_idle_workers(self) -> None:
         if not self.shutting_down or self.queue:
             return
+        if any(w.sent for w in self.workers.values() if w.running is not None):
+            return  # tasks wait behind a busy worker: an idle one takes them back first
         for w in list(self.workers.values()):
             if w.running is None and not w.sent and w.state <= WorkerState.SERVING:
                 w.retire("shutdown")
@@ -833,6 +849,7 @@ class PoolManager:
                 if task is not None and task.state != TaskState.DONE:
                     self.ledger.fail(task, err)
             w.running, w.sent = None, collections.deque()
+            w.abandoned = True  # what it still says about its tasks is moot: ignore it
             if w.state < WorkerState.TERMINATING:
                 w.terminate(w.stop_cause or "terminated")
 

@@ -185,3 +185,10 @@ def ignore_soft_timeouts(seconds):
 def sleep_and_return(seconds, value):
     time.sleep(seconds)
     return value
+
+
+def announce_and_wait(started, wanted, limit):
+    """Create ``started``, then wait up to ``limit`` s for ``wanted``: True if it appeared."""
+    with open(started, "w"):
+        pass
+    return wait_for_files([wanted], limit)

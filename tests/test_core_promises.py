@@ -87,6 +87,55 @@ def test_a_task_about_to_start_is_not_taken_back_for_an_idle_worker(clean_proces
         assert ex._manager.counts["revoked"] == before
 
 
+def _place_behind(ex, task_future, worker_pid, deadline):
+    """True once the manager has queued the task of ``task_future`` behind ``worker_pid``'s
+    running task (a read-only look at the manager's records, for test set-up)."""
+    task = task_future._task_ref()
+    while time.monotonic() < deadline:
+        w = ex._manager.workers.get(worker_pid)
+        if w is not None and task in list(w.sent):
+            return True
+        if task.state.value == "started":
+            return False
+        time.sleep(0.005)
+    return False
+
+
+@pytest.mark.timeout(120)
+def test_a_task_taken_back_during_shutdown_is_not_stranded_behind_its_waiter(
+        clean_process, tmp_path):
+    """R waits for A, queued behind R. B's worker goes idle as shutdown(wait=False) begins:
+    it took A back, was retired in the same pass, and A went back behind R: R waited forever.
+    Now an idle worker is not retired while tasks wait behind a busy one, and a task taken
+    back never goes behind the task it was taken from."""
+    for attempt in range(10):
+        d = tmp_path / str(attempt)
+        d.mkdir()
+        b_started, b_go, r_started, a_made = (str(d / n) for n in ("b", "go", "r", "a"))
+        ex = SafeProcessPoolExecutor(2)
+        try:
+            _warm_up(ex)
+            b = ex.submit(core_tasks.announce_and_wait, b_started, b_go, 30)
+            wait_until(lambda p=b_started: os.path.exists(p), 30, message="B to start")
+            r = ex.submit(core_tasks.announce_and_wait, r_started, a_made, 30)
+            wait_until(lambda p=r_started: os.path.exists(p), 30, message="R to start")
+            r_pid = next(w.pid for w in list(ex._manager.workers.values())
+                         if w.running is not None and w.running.future is r)
+            a = ex.submit(core_tasks.create, a_made)
+            if not _place_behind(ex, a, r_pid, time.monotonic() + 10):
+                open(b_go, "w").close()  # A went behind B: set up again
+                continue
+            ex.shutdown(wait=False)
+            open(b_go, "w").close()
+            assert r.result(timeout=60) is True, "A stayed stuck behind R"
+            assert a.result(timeout=30) == a_made and b.result(timeout=30) is True
+            return
+        finally:
+            open(b_go, "w").close()
+            ex.shutdown(wait=True)
+    pytest.fail("could not queue A behind R in 10 tries")
+
+
 @pytest.mark.timeout(90)
 def test_cancel_futures_runs_only_what_had_started(clean_process, tmp_path):
     """Item 3: after short tasks, shutdown(cancel_futures=True) ran 18 of 40 queued 0.2 s

@@ -48,3 +48,38 @@ def test_the_next_task_of_an_idle_worker_is_not_in_its_backlog():
     assert w.backlog() == [behind]
     w.running = task(3)
     assert w.backlog() == [about_to_start, behind]
+
+
+def test_a_withdrawn_task_is_not_run_again_after_its_worker_died():
+    """An abandoned map()'s running chunk whose worker dies fails; retries are for tasks
+    someone still wants."""
+    m, w = manager(), worker()
+    t = task(1)
+    t.retries, t.withdraw = 2, True
+    m._on_task_lost(w, t, -9)
+    assert not m.queue and t.future.done() and m.counts["retried"] == 0
+
+
+def test_what_an_abandoned_worker_says_about_its_tasks_is_ignored():
+    """After the pool broke and failed a worker's tasks, a result it still sends is moot: not
+    a protocol error that kills it."""
+    import os
+
+    from safepool import _protocol as P
+
+    r, wfd = os.pipe()
+    os.set_blocking(r, False)
+    m = manager()
+    proc = types.SimpleNamespace(pid=99, task_fd=-1, result_fd=r, control_fd=-1, sentinel=-1)
+    w = Worker(proc, 0.0)
+    w.state = WorkerState.SERVING
+    w.running = task(5)
+    m.selector = types.SimpleNamespace(get_map=dict)
+    w.terminate = lambda cause: None
+    m.workers[w.pid] = w
+    m._fail_everything(RuntimeError("broken"))
+    os.write(wfd, P.FROM_WORKER.pack(1, P.RESULT, 5, 0) + b"N")
+    m._read(w)  # no ProtocolError
+    assert w.running is None
+    os.close(r)
+    os.close(wfd)
