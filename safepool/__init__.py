@@ -42,13 +42,14 @@ def __dir__() -> List[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
-    from ._executor import SafeProcessPoolExecutor, default_max_workers  # noqa: F401
-    from ._stats import PoolStats  # noqa: F401
-    from .errors import (  # noqa: F401
-        BrokenProcessPool,
-        RemoteTraceback,
-        TaskPicklingError,
-        TaskTimeoutError,
-        TaskUnpicklingError,
-        WorkerLostError,
-    )
+    # "X as X": an explicit re-export, which mypy --strict (no_implicit_reexport) requires.
+    from ._executor import SafeProcessPoolExecutor as SafeProcessPoolExecutor
+    from ._executor import default_max_workers as default_max_workers
+    from ._factory import executor as executor
+    from ._stats import PoolStats as PoolStats
+    from .errors import BrokenProcessPool as BrokenProcessPool
+    from .errors import RemoteTraceback as RemoteTraceback
+    from .errors import TaskPicklingError as TaskPicklingError
+    from .errors import TaskTimeoutError as TaskTimeoutError
+    from .errors import TaskUnpicklingError as TaskUnpicklingError
+    from .errors import WorkerLostError as WorkerLostError
