@@ -24,10 +24,15 @@ Invariants (asserted by tests/test_ledger.py and the stateful test):
   as the stdlib's call queue does; a claimed task that never started can still be withdrawn
   (``cancel_futures``, an abandoned ``map()``): it ends CANCELLED when its worker gives it back.
 """
+from __future__ import annotations
+
 import enum
 import logging
-from concurrent.futures import Future, InvalidStateError
-from typing import Any, Optional
+from concurrent.futures import InvalidStateError
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+if TYPE_CHECKING:
+    from ._executor import SafeFuture
 
 log = logging.getLogger("safepool")
 
@@ -54,7 +59,7 @@ class Task:
     __slots__ = ("id", "future", "payload", "fn", "timeout", "state", "claimed", "withdraw",
                  "started_at", "revoking", "number", "__weakref__")
 
-    def __init__(self, task_id: int, future: Future, payload, fn: Any,
+    def __init__(self, task_id: int, future: SafeFuture, payload: Optional[bytes], fn: Any,
                  timeout: Optional[float]):
         self.id = task_id
         self.future = future
@@ -91,10 +96,10 @@ class Task:
 class Ledger:
     """Settles futures and counts how they ended. Used by the manager thread only."""
 
-    def __init__(self, counts):
+    def __init__(self, counts: Dict[str, int]):
         self.counts = counts
 
-    def result(self, task: Task, value) -> None:
+    def result(self, task: Task, value: Any) -> None:
         task.state = TaskState.DONE
         task.payload = None
         try:

@@ -18,6 +18,8 @@ One task's way::
 inferred: a task without it ran none of its code and may be sent again; a task with it is never
 sent again. See ``_ledger.py`` and ``_lifecycle.py`` for the states and their invariants.
 """
+from __future__ import annotations
+
 import collections
 import logging
 import os
@@ -27,12 +29,13 @@ import signal
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.context import BaseContext
 from types import MappingProxyType
-from typing import Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from . import _hints
 from . import _protocol as P
-from ._channel import ProtocolError
+from ._channel import Message, ProtocolError
 from ._ledger import Ledger, Task, TaskState
 from ._lifecycle import Worker, WorkerState
 from ._process import Starter, WorkerProcess, kill_tree
@@ -46,6 +49,8 @@ from .errors import (
 )
 
 log = logging.getLogger("safepool")
+#: A message's payload, as the channel reads it.
+_Payload = Union[bytearray, memoryview]
 # Silent by default: the application decides where safepool's warnings go.
 log.addHandler(logging.NullHandler())
 
@@ -75,9 +80,11 @@ class PoolManager:
     """State and loop of the manager thread. Methods in the first section are the only ones
     other threads may call; they take no lock that user code could be waiting on."""
 
-    def __init__(self, ctx, max_workers: int, initializer, initargs, *, max_tasks_per_child,
-                 task_timeout, max_worker_lifetime, max_worker_memory, cancel_running=False,
-                 cloudpickle_fallback=True):
+    def __init__(self, ctx: BaseContext, max_workers: int,
+                 initializer: Optional[Callable[..., Any]], initargs: Tuple[Any, ...], *,
+                 max_tasks_per_child: Optional[int], task_timeout: Optional[float],
+                 max_worker_lifetime: Optional[float], max_worker_memory: Optional[int],
+                 cancel_running: bool = False, cloudpickle_fallback: bool = True):
         self.ctx = ctx
         self.max_workers = max_workers
         self.initializer = initializer
@@ -92,7 +99,7 @@ class PoolManager:
 
         # Shared with other threads: deque appends and pops are atomic.
         self.incoming: Deque[Task] = collections.deque()
-        self.commands: Deque[tuple] = collections.deque()
+        self.commands: Deque[Tuple[Any, ...]] = collections.deque()
         self.caller_events: Deque[str] = collections.deque()  # counts from other threads
         # Held only to append to ``incoming`` or to close it: no user code runs under it.
         self.intake_lock = threading.Lock()
@@ -112,7 +119,8 @@ class PoolManager:
         self.avg_task_time: Optional[float] = None
         self.counts = dict.fromkeys(_COUNT_KEYS, 0)
         self.ledger = Ledger(self.counts)
-        self.gauges = (0, 0, ())  # workers alive, workers busy, tasks on workers: published
+        # workers alive, workers busy, tasks on workers: published
+        self.gauges: Tuple[int, int, Tuple[Task, ...]] = (0, 0, ())
         self._next_liveness_check = 0.0
         self._nearest: Optional[float] = None
 
@@ -166,7 +174,7 @@ class PoolManager:
                 except OSError:  # full: the manager will wake anyway
                     pass
 
-    def request(self, *command) -> None:
+    def request(self, *command: Any) -> None:
         self.commands.append(command)
         self.wakeup()
 
@@ -273,7 +281,7 @@ class PoolManager:
             return False  # a start under way: its worker is stopped once it arrives
         return True
 
-    def _on_event(self, key) -> None:
+    def _on_event(self, key: selectors.SelectorKey) -> None:
         data = key.data
         if data is None:
             self._drain_wakeup()
@@ -370,6 +378,7 @@ class PoolManager:
 
     def _spawn(self) -> None:
         self.starting += 1
+        assert self.starter is not None  # set before the loop starts
         self.starter.start_one()
 
     # ---- dispatching -----------------------------------------------------------------------
@@ -422,7 +431,8 @@ class PoolManager:
         so that nothing waits behind a busy worker while another is free (a task that waits
         for the one queued behind it would otherwise deadlock)."""
         for _ in idle:
-            victim, tail = None, []
+            victim: Optional[Worker] = None
+            tail: List[Task] = []
             for w in self.workers.values():
                 backlog = w.backlog()
                 if len(backlog) > len(tail):
@@ -489,7 +499,7 @@ class PoolManager:
 
     def _read(self, w: Worker) -> bool:
         """Read and act on what the result pipe has now; True if there may be more."""
-        messages: list = []
+        messages: List[Message] = []
         try:
             more = w.channel.read(messages)
         finally:
@@ -499,7 +509,8 @@ class PoolManager:
             self.selector.unregister(w.proc.result_fd)
         return more
 
-    def _on_message(self, w: Worker, kind: int, task_id: int, rss: int, payload) -> None:
+    def _on_message(self, w: Worker, kind: int, task_id: int, rss: int,
+                    payload: _Payload) -> None:
         if kind == _STARTED:
             self._on_task_started(w, task_id)
         elif kind in _OUTCOMES:
@@ -527,7 +538,8 @@ class PoolManager:
             # stop it the way a running task is cancelled.
             self._stop_running_cancelled(w, task)
 
-    def _on_task_done(self, w: Worker, task_id: int, kind: int, payload, rss: int) -> None:
+    def _on_task_done(self, w: Worker, task_id: int, kind: int, payload: _Payload,
+                      rss: int) -> None:
         task = w.running
         if task is None or task.id != task_id:
             raise ProtocolError(f"a result for task {task_id}, which is not running there")
@@ -570,7 +582,7 @@ class PoolManager:
             else:
                 self.queue.appendleft(task)
 
-    def _settle(self, task: Task, kind: int, payload) -> None:
+    def _settle(self, task: Task, kind: int, payload: _Payload) -> None:
         if kind == P.RESULT:
             try:
                 value = pickle.loads(payload)
@@ -853,6 +865,7 @@ class PoolManager:
             deadline = self._task_deadline(w)
             if deadline is not None and now >= deadline:
                 task = w.running
+                assert task is not None  # a task deadline is a running task's
                 log.warning("%s timed out after %.3gs on worker pid %d; stopping the worker",
                             task.name, task.timeout, w.pid)
                 self.ledger.fail(task, TaskTimeoutError(
@@ -922,7 +935,8 @@ _STARTED = P.STARTED
 _OUTCOMES = frozenset((P.RESULT, P.ERROR, P.BAD_TASK))
 
 
-def _load_exception(payload, what: str) -> BaseException:
+def _load_exception(payload: _Payload, what: str) -> BaseException:
+    exc: object
     try:
         exc = pickle.loads(payload)
     except BaseException as error:  # noqa: B036

@@ -8,7 +8,7 @@ import pickle
 import signal
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.process import _RemoteTraceback as RemoteTraceback
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple, Type, cast
 
 # RemoteTraceback is the stdlib's own class (the same .tb and __str__ on 3.8-3.13), so that code
 # checking ``type(exc.__cause__) is concurrent.futures.process._RemoteTraceback`` keeps working.
@@ -69,10 +69,11 @@ class WorkerLostError(BrokenProcessPool):
             return -self.exitcode
         return None
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.pid, self.exitcode, self.task))
 
 
+_TIMEOUT_BASES: Tuple[type, ...]
 if concurrent.futures.TimeoutError is TimeoutError:  # Python 3.11 and later
     _TIMEOUT_BASES = (TimeoutError,)
 else:
@@ -93,6 +94,8 @@ class TaskPicklingError(pickle.PicklingError):
     ``__cause__``. Only that task's future fails; the pool keeps serving.
     """
 
+    _base: type  # the exception class it also is, set by _rebuild_pickling_error()
+
 
 class TaskUnpicklingError(pickle.UnpicklingError, BrokenProcessPool):
     """A task could not be unpickled in the worker, or its result in the parent.
@@ -109,10 +112,10 @@ class TaskFaultError(BrokenProcessPool):
     internal error): the task's outcome is unknown. The message says what happened."""
 
 
-_PICKLING_CLASSES: dict = {}
+_PICKLING_CLASSES: Dict[type, Type[TaskPicklingError]] = {}
 
 
-def _pickling_error_class(base: type) -> type:
+def _pickling_error_class(base: type) -> Type[TaskPicklingError]:
     """TaskPicklingError mixed with ``base``, so that ``except TypeError`` still catches
     "cannot pickle '_thread.lock' object", as it does with the stdlib."""
     if issubclass(TaskPicklingError, base) or not issubclass(base, Exception):
@@ -120,19 +123,20 @@ def _pickling_error_class(base: type) -> type:
     cls = _PICKLING_CLASSES.get(base)
     if cls is None:
         try:
-            cls = type("TaskPicklingError", (TaskPicklingError, base), {
-                "__module__": __name__, "__reduce__": _reduce_mixed})
+            cls = cast(Type[TaskPicklingError], type(
+                "TaskPicklingError", (TaskPicklingError, base),
+                {"__module__": __name__, "__reduce__": _reduce_mixed}))
         except TypeError:  # an incompatible layout: the plain class, with the cause chained
             cls = TaskPicklingError
         _PICKLING_CLASSES[base] = cls
     return cls
 
 
-def _reduce_mixed(self):
+def _reduce_mixed(self: TaskPicklingError) -> Tuple[Any, ...]:
     return _rebuild_pickling_error, (self._base, str(self))
 
 
-def _rebuild_pickling_error(base: type, message: str) -> BaseException:
+def _rebuild_pickling_error(base: type, message: str) -> TaskPicklingError:
     err = _pickling_error_class(base)(message)
     err._base = base
     return err
