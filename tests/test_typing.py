@@ -14,7 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("mypy") is None,
+needs_mypy = pytest.mark.skipif(importlib.util.find_spec("mypy") is None,
                                 reason="mypy is not installed")
 
 SNIPPET = '''\
@@ -44,6 +44,7 @@ def test_the_package_is_marked_typed():
     assert os.path.isfile(os.path.join(ROOT, "safepool", "py.typed"))
 
 
+@needs_mypy
 @pytest.mark.timeout(120)
 def test_a_type_checker_infers_what_tasks_return(tmp_path):
     path = tmp_path / "snippet.py"
