@@ -46,16 +46,18 @@ def __dir__() -> List[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
-    from ._executor import SafeProcessPoolExecutor, default_max_workers  # noqa: F401
-    from ._stats import PoolStats  # noqa: F401
-    from ._worker import WorkerInfo, current_worker  # noqa: F401
-    from .errors import (  # noqa: F401
-        BrokenProcessPool,
-        PoisonTaskError,
-        RemoteTraceback,
-        SoftTimeoutError,
-        TaskPicklingError,
-        TaskTimeoutError,
-        TaskUnpicklingError,
-        WorkerLostError,
-    )
+    # "X as X": an explicit re-export, which mypy --strict (no_implicit_reexport) requires.
+    from ._executor import SafeProcessPoolExecutor as SafeProcessPoolExecutor
+    from ._executor import default_max_workers as default_max_workers
+    from ._factory import executor as executor
+    from ._stats import PoolStats as PoolStats
+    from ._worker import WorkerInfo as WorkerInfo
+    from ._worker import current_worker as current_worker
+    from .errors import BrokenProcessPool as BrokenProcessPool
+    from .errors import PoisonTaskError as PoisonTaskError
+    from .errors import RemoteTraceback as RemoteTraceback
+    from .errors import SoftTimeoutError as SoftTimeoutError
+    from .errors import TaskPicklingError as TaskPicklingError
+    from .errors import TaskTimeoutError as TaskTimeoutError
+    from .errors import TaskUnpicklingError as TaskUnpicklingError
+    from .errors import WorkerLostError as WorkerLostError

@@ -7,11 +7,16 @@ loky already brings, sends functions and classes *by value*; it is the fallback,
 when plain pickle fails or when the payload refers to a ``__main__`` the workers cannot import.
 ``SafeProcessPoolExecutor(cloudpickle_fallback=False)`` turns it off.
 """
+from __future__ import annotations
+
 import os
 import sys
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Tuple, Type
 
 from . import _protocol as P
+
+if TYPE_CHECKING:
+    import pickle
 
 _main_checked: Tuple[Optional[str], Optional[bool]] = (None, None)
 
@@ -33,11 +38,11 @@ def main_is_importable() -> bool:
         return True
     path = getattr(main, "__file__", None)
     if _main_checked[0] != path or _main_checked[1] is None:
-        _main_checked = (path, bool(path) and os.path.isfile(path))
+        _main_checked = (path, bool(path and os.path.isfile(path)))
     return bool(_main_checked[1])
 
 
-def dumps(obj, fallback: bool) -> bytes:
+def dumps(obj: Any, fallback: bool) -> bytes:
     """Pickle ``obj`` for a worker (or, in a worker, for the parent).
 
     Raises plain pickle's own exception when neither way works, with cloudpickle's in its
@@ -52,7 +57,7 @@ def dumps(obj, fallback: bool) -> bytes:
             return _cloudpickle_dumps(obj)
         except Exception as second:
             try:
-                exc.cloudpickle_error = second
+                setattr(exc, "cloudpickle_error", second)  # noqa: B010 - ours, on any exception
             except Exception:  # an exception type without a __dict__
                 pass
             raise exc from None
@@ -65,10 +70,10 @@ def dumps(obj, fallback: bool) -> bytes:
     return payload
 
 
-_pickler_class = None
+_pickler_class: Optional[Type[pickle.Pickler]] = None
 
 
-def _cloudpickle_dumps(obj) -> bytes:
+def _cloudpickle_dumps(obj: Any) -> bytes:
     global _pickler_class
     import io
 
@@ -79,7 +84,7 @@ def _cloudpickle_dumps(obj) -> bytes:
     return buf.getvalue()
 
 
-def _make_pickler_class():
+def _make_pickler_class() -> Type[pickle.Pickler]:
     """cloudpickle's Pickler, with ForkingPickler's reductions too (Connections, sockets)."""
     from collections import ChainMap
     from multiprocessing.reduction import ForkingPickler
@@ -87,8 +92,9 @@ def _make_pickler_class():
     import cloudpickle
 
     class _Pickler(cloudpickle.Pickler):
-        dispatch_table = ChainMap(ForkingPickler._extra_reducers,
-                                  cloudpickle.Pickler.dispatch_table)
+        dispatch_table = ChainMap(
+            ForkingPickler._extra_reducers,  # type: ignore[attr-defined]  # the stdlib's private
+            cloudpickle.Pickler.dispatch_table)
 
     return _Pickler
 

@@ -5,10 +5,15 @@ costs the manager nothing but that worker. Frames from a worker are checked (kno
 a length under ``MAX_FRAME``, memory to hold it): a corrupt or hostile frame raises
 ``ProtocolError``, which costs that worker, never the pool.
 """
+from __future__ import annotations
+
 import os
-from typing import Any, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _protocol as P
+
+if TYPE_CHECKING:
+    from ._ledger import Task
 
 READ_CHUNK = 1 << 18
 #: A result at least this large is read straight into a buffer of its own size.
@@ -30,7 +35,7 @@ class Outbox:
         self.out: List[memoryview] = []
         self.closed = False  # the worker can no longer read (EPIPE)
 
-    def write(self, buffers) -> None:
+    def write(self, buffers: Iterable[Union[bytes, bytearray, memoryview]]) -> None:
         if self.closed:
             return
         was_empty = not self.out
@@ -70,7 +75,8 @@ class Channel:
         self.sent = 0                     # task frames written: the next one's number
         self.result_fd = result_fd
         self.inbuf = bytearray()          # bytes read from the result pipe, not yet parsed
-        self.big = None                   # [header, buffer, filled] while a big frame arrives
+        # [header, buffer, filled] while a big frame arrives
+        self.big: Optional[List[Any]] = None
         self.eof = False
 
     @property
@@ -79,26 +85,28 @@ class Channel:
 
     # ---- parent -> worker ----------------------------------------------------------------
 
-    def write_tasks(self, tasks: Sequence) -> None:
+    def write_tasks(self, tasks: Sequence[Task]) -> None:
         """Send these tasks in one TASKS message; each gets its number on this pipe."""
-        buffers: List = [b""]
+        buffers: List[bytes] = [b""]
         size = 0
         for task in tasks:
             task.number = self.sent
             self.sent += 1
-            buffers.append(P.task_frame_header(task.id, task.payload))
-            buffers.append(task.payload)
-            size += P.TASK_FRAME.size + len(task.payload)
+            payload = task.payload
+            assert payload is not None  # only a settled task has let go of its payload
+            buffers.append(P.task_frame_header(task.id, payload))
+            buffers.append(payload)
+            size += P.TASK_FRAME.size + len(payload)
         buffers[0] = P.TO_WORKER.pack(size, P.TASKS)
         if size < 65536:
             buffers = [b"".join(buffers)]
         self.tasks.write(buffers)
 
-    def write_revoke(self, tasks: Sequence) -> None:
+    def write_revoke(self, tasks: Sequence[Task]) -> None:
         body = P.pack_revoke((task.number, task.id) for task in tasks)
         self.control.write([P.TO_WORKER.pack(len(body), P.REVOKE) + body])
 
-    def write_soft_timeout(self, task) -> None:
+    def write_soft_timeout(self, task: Task) -> None:
         body = P.pack_ids([task.id])
         self.control.write([P.TO_WORKER.pack(len(body), P.SOFT_TIMEOUT) + body])
 

@@ -3,6 +3,8 @@
 Every process, pipe and task table belongs to the manager thread (``_manager.py``); the methods
 here only append to its queues and wake it up.
 """
+from __future__ import annotations
+
 import itertools
 import os
 import signal
@@ -11,7 +13,20 @@ import weakref
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
+from types import TracebackType
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    Literal,
+    Optional,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+)
 
 from . import _by_value, _map
 from ._future import CancelNowFuture
@@ -20,6 +35,9 @@ from ._manager import PoolManager
 from ._process import resolve_context
 from ._stats import PoolStats
 from .errors import pickling_error
+
+#: What a task returns: ``submit(fn)`` gives a ``Future[_T]`` for an ``fn`` returning ``_T``.
+_T = TypeVar("_T")
 
 # Managers still running, to shut down at interpreter exit (weakly held: a garbage-collected
 # executor shuts its manager down by itself).
@@ -73,7 +91,8 @@ def default_max_workers() -> int:
     """
     from loky import cpu_count
 
-    return max(1, cpu_count())
+    cpus: int = cpu_count()
+    return max(1, cpus)
 
 
 class SafeFuture(CancelNowFuture):
@@ -85,8 +104,10 @@ class SafeFuture(CancelNowFuture):
     arrives is dropped.
     """
 
-    _manager_ref = None  # weakref.ref to the PoolManager: a future must not keep a pool alive
-    _task_ref = None  # weakref.ref to its Task: no future <-> task cycle keeps arguments alive
+    # weakref.ref to the PoolManager: a future must not keep a pool alive
+    _manager_ref: Optional[weakref.ref[PoolManager]] = None
+    # weakref.ref to its Task: no future <-> task cycle keeps arguments alive
+    _task_ref: Optional[weakref.ref[Task]] = None
 
     def _cancel_claimed(self) -> bool:
         """Cancel a future the pool claimed (RUNNING) for a task that never started: taken
@@ -112,7 +133,7 @@ class SafeFuture(CancelNowFuture):
         if not was_running:
             manager.count("cancelled")
         else:  # running: the manager stops its worker (and counts it)
-            task = self._task_ref()
+            task = self._task_ref() if self._task_ref is not None else None
             if task is not None:
                 manager.request("cancel", task)
 
@@ -218,16 +239,16 @@ class SafeProcessPoolExecutor(Executor):
 
     # ---- the stdlib API ------------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
         """Schedule ``fn(*args, **kwargs)`` in a worker; return its Future."""
         return self._submit(fn, args, kwargs, self._task_timeout, self._retries,
                             self._soft_timeout)
 
-    def schedule(self, fn: Callable[..., Any], args: Iterable[Any] = (),
+    def schedule(self, fn: Callable[..., _T], args: Iterable[Any] = (),
                  kwargs: Optional[Dict[str, Any]] = None, *,
                  timeout: Optional[float] = None,
                  retries: Optional[int] = None,
-                 soft_timeout: Optional[float] = None) -> Future:
+                 soft_timeout: Optional[float] = None) -> Future[_T]:
         """Like :meth:`submit`, with a timeout for this task (pebble's name and signature).
 
         ``timeout`` counts seconds from when the task starts running, not from when it was
@@ -244,7 +265,9 @@ class SafeProcessPoolExecutor(Executor):
                             self._retries if retries is None else retries,
                             self._soft_timeout if soft_timeout is None else soft_timeout)
 
-    def _submit(self, fn, args, kwargs, timeout, retries, soft_timeout) -> Future:
+    def _submit(self, fn: Callable[..., _T], args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                timeout: Optional[float], retries: int,
+                soft_timeout: Optional[float]) -> Future[_T]:
         manager = self._manager
         future = SafeFuture()
         future._manager_ref = self._manager_weakref
@@ -308,9 +331,9 @@ class SafeProcessPoolExecutor(Executor):
         if _interpreter_exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
             timeout: Optional[float] = None, chunksize: int = 1,
-            buffersize: Optional[int] = None, progress: Any = None) -> Iterator[Any]:
+            buffersize: Optional[int] = None, progress: Any = None) -> Iterator[_T]:
         """Like ``ProcessPoolExecutor.map``, plus 3.14's ``buffersize`` and ``progress``.
 
         ``chunksize`` items travel to a worker together. ``buffersize`` bounds how many chunks
@@ -322,15 +345,16 @@ class SafeProcessPoolExecutor(Executor):
         return _map.map_ordered(self, fn, iterables, timeout=timeout, chunksize=chunksize,
                                 buffersize=buffersize, progress=progress)
 
-    def map_unordered(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+    def map_unordered(self, fn: Callable[..., _T], *iterables: Iterable[Any],
                       timeout: Optional[float] = None, chunksize: int = 1,
-                      buffersize: Optional[int] = None, progress: Any = None) -> Iterator[Any]:
+                      buffersize: Optional[int] = None, progress: Any = None) -> Iterator[_T]:
         """Like :meth:`map`, but yields results as they complete, in any order."""
         return _map.map_unordered(self, fn, iterables, timeout=timeout, chunksize=chunksize,
                                   buffersize=buffersize, progress=progress)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
-                 timeout: Optional[float] = None) -> bool:
+    def shutdown(  # type: ignore[override]  # returns a bool where the stdlib's returns None
+            self, wait: bool = True, *, cancel_futures: bool = False,
+            timeout: Optional[float] = None) -> bool:
         """Stop accepting tasks, then stop and reap the workers once their work is done.
 
         ``cancel_futures`` cancels every task that has not started, including those already
@@ -396,7 +420,9 @@ class SafeProcessPoolExecutor(Executor):
         """An immutable snapshot of workers and tasks: see :class:`~safepool.PoolStats`."""
         return self._manager.stats()
 
-    def __exit__(self, exc_type, exc_val, exc_tb):
+    def __exit__(self, exc_type: Optional[Type[BaseException]],
+                 exc_val: Optional[BaseException],
+                 exc_tb: Optional[TracebackType]) -> Literal[False]:
         try:
             if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
                 # Ctrl-C in the with block: the user wants out now, not after the queue
@@ -418,7 +444,7 @@ class SafeProcessPoolExecutor(Executor):
         return {pid: w.proc.process for pid, w in workers.items()}
 
     @property
-    def _broken(self):
+    def _broken(self) -> Union[str, bool]:
         broken = self._manager.broken
         return str(broken) if broken is not None else False
 
@@ -427,14 +453,14 @@ class SafeProcessPoolExecutor(Executor):
 _STOP_BOUND = 30.0
 
 
-def _check_retries(retries) -> None:
+def _check_retries(retries: object) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int):
         raise TypeError(f"retries must be an int, not {type(retries).__name__}")
     if retries < 0:
         raise ValueError(f"retries must be >= 0, not {retries!r}")
 
 
-def _check_positive(name: str, value) -> None:
+def _check_positive(name: str, value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -1,11 +1,16 @@
 """``safepool.executor(...)``: one place that picks a local pool or a Dask cluster."""
+from __future__ import annotations
+
 import os
-from concurrent.futures import Executor
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+if TYPE_CHECKING:  # imported when used: Dask only when there is a cluster
+    from ._executor import SafeProcessPoolExecutor
+    from .dask import DaskExecutor
 
 
 def executor(max_workers: Optional[int] = None, *, address: Any = None,
-             **options: Any) -> Executor:
+             **options: Any) -> Union[SafeProcessPoolExecutor, DaskExecutor]:
     """A local :class:`~safepool.SafeProcessPoolExecutor`, or a
     :class:`~safepool.dask.DaskExecutor` when there is a cluster to use.
 

@@ -131,7 +131,7 @@ def _would_bind() -> Any:
     from multiprocessing import connection
 
     try:
-        return connection.arbitrary_address("AF_UNIX")
+        return connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]  # private
     except Exception:  # the stdlib changed: the check after the start still applies
         return None
 
@@ -142,7 +142,8 @@ def _disable_abstract_sockets(why: str) -> None:
     global _mitigation
     from multiprocessing import util
 
-    util.abstract_sockets_supported = False
+    # Final in typeshed; turning it off is the point (see above).
+    util.abstract_sockets_supported = False  # type: ignore[misc]
     if _mitigation is None:
         _mitigation = f"turned abstract sockets off for multiprocessing in this process, {why}"
 
@@ -220,11 +221,11 @@ def _stdlib_would_bind() -> Dict[str, Any]:
     now = _would_bind()
     out = {"abstract": is_abstract(now), "address": describe(now)}
     if is_abstract(now) and getattr(util, "abstract_sockets_supported", False):
-        util.abstract_sockets_supported = False
+        util.abstract_sockets_supported = False  # type: ignore[misc]  # Final in typeshed
         try:
             out["abstract_when_turned_off"] = is_abstract(_would_bind())
         finally:
-            util.abstract_sockets_supported = True
+            util.abstract_sockets_supported = True  # type: ignore[misc]
     return out
 
 
@@ -260,7 +261,8 @@ def forkserver_report(start: bool = False) -> Dict[str, Any]:
     server = forkserver._forkserver
     address = getattr(server, "_forkserver_address", None)
     report["running"] = None if getattr(server, "_forkserver_pid", None) is None else dict(
-        pid=server._forkserver_pid, address=describe(address), abstract=is_abstract(address),
+        pid=server._forkserver_pid,  # type: ignore[attr-defined]  # the stdlib's private
+        address=describe(address), abstract=is_abstract(address),
         **({} if is_abstract(address) else _socket_file(address)))
     report["mitigation"] = _mitigation
     report["abstract_sockets_turned_off_by_safepool"] = _mitigation is not None

@@ -7,9 +7,15 @@ must do after a cancel is its ``_after_cancel``.
 """
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    _FutureBase = Future[Any]  # Future is not subscriptable at run time on Python 3.8
+else:
+    _FutureBase = Future
 
 
-class CancelNowFuture(Future):
+class CancelNowFuture(_FutureBase):
     _cancel_running = False
 
     def set_running_or_notify_cancel(self) -> bool:
@@ -27,6 +33,7 @@ class CancelNowFuture(Future):
         return self.set_running_or_notify_cancel()
 
     def cancel(self) -> bool:
+        state: Optional[str]
         with self._condition:
             state = self._state
             if state == PENDING or (state == RUNNING and self._cancel_running):
@@ -52,7 +59,7 @@ class CancelNowFuture(Future):
 
     def _notify_cancelled(self) -> None:
         self.set_running_or_notify_cancel()  # wait() and as_completed() learn it now
-        self._invoke_callbacks()
+        self._invoke_callbacks()  # type: ignore[attr-defined]  # the stdlib's private helper
 
     def _after_cancel(self, was_running: bool) -> None:
         """Called once cancel() has succeeded, under no lock."""

@@ -26,10 +26,15 @@ Invariants (asserted by tests/test_ledger.py and the stateful test):
   as the stdlib's call queue does; a claimed task that never started can still be withdrawn
   (``cancel_futures``, an abandoned ``map()``): it ends CANCELLED when its worker gives it back.
 """
+from __future__ import annotations
+
 import enum
 import logging
-from concurrent.futures import Future, InvalidStateError
-from typing import Any, Optional
+from concurrent.futures import InvalidStateError
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+if TYPE_CHECKING:
+    from ._executor import SafeFuture
 
 log = logging.getLogger("safepool")
 
@@ -57,7 +62,7 @@ class Task:
                  "started_at", "revoking", "number", "retries", "deaths", "soft_timeout",
                  "soft_sent", "taken_from", "__weakref__")
 
-    def __init__(self, task_id: int, future: Future, payload, fn: Any,
+    def __init__(self, task_id: int, future: SafeFuture, payload: Optional[bytes], fn: Any,
                  timeout: Optional[float], retries: int = 0,
                  soft_timeout: Optional[float] = None):
         self.id = task_id
@@ -72,7 +77,8 @@ class Task:
         self.revoking = False      # a REVOKE for it is on its way to its worker
         self.number = -1           # its number on the task pipe of the worker it was sent to
         self.retries = retries     # runs again it may have if a worker dies under it
-        self.deaths: list = []     # (pid, exitcode) of each worker that died running it
+        # (pid, exitcode) of each worker that died running it
+        self.deaths: List[Tuple[int, Optional[int]]] = []
         self.soft_timeout = soft_timeout  # seconds from its start to SoftTimeoutError in it
         self.soft_sent = False     # the worker was told (once per run)
         self.taken_from: Optional[int] = None  # pid of the worker that last gave it back
@@ -100,10 +106,10 @@ class Task:
 class Ledger:
     """Settles futures and counts how they ended. Used by the manager thread only."""
 
-    def __init__(self, counts):
+    def __init__(self, counts: Dict[str, int]):
         self.counts = counts
 
-    def result(self, task: Task, value) -> None:
+    def result(self, task: Task, value: Any) -> None:
         task.state = TaskState.DONE
         task.payload = None
         try:

@@ -21,7 +21,7 @@ import collections
 import enum
 import signal
 import time
-from typing import Deque, List, Optional
+from typing import Any, Deque, List, Optional
 
 from ._channel import Channel
 from ._ledger import Task
@@ -56,7 +56,7 @@ class Worker:
         self.assigned = 0                 # tasks sent and not taken back (max_tasks_per_child)
         self.stop_cause: Optional[str] = None  # why we are stopping it (None: we are not)
         self.stop_deadline: Optional[float] = None
-        self.descendants: list = []
+        self.descendants: List[Any] = []  # psutil.Process handles
         self.init_error: Optional[BaseException] = None
         self.fault: Optional[BaseException] = None  # its channel broke: acks cannot be trusted
         self.lost_reason: Optional[str] = None  # what to tell a task stopped with it

@@ -18,6 +18,8 @@ One task's way::
 inferred: a task without it ran none of its code and may be sent again; a task with it is never
 sent again. See ``_ledger.py`` and ``_lifecycle.py`` for the states and their invariants.
 """
+from __future__ import annotations
+
 import collections
 import logging
 import os
@@ -27,12 +29,13 @@ import signal
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.context import BaseContext
 from types import MappingProxyType
-from typing import Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from . import _hints
 from . import _protocol as P
-from ._channel import ProtocolError
+from ._channel import Message, ProtocolError
 from ._ledger import Ledger, Task, TaskState
 from ._lifecycle import Worker, WorkerState
 from ._process import Starter, WorkerProcess, kill_tree
@@ -47,6 +50,8 @@ from .errors import (
 )
 
 log = logging.getLogger("safepool")
+#: A message's payload, as the channel reads it.
+_Payload = Union[bytearray, memoryview]
 # Silent by default: the application decides where safepool's warnings go.
 log.addHandler(logging.NullHandler())
 
@@ -77,9 +82,11 @@ class PoolManager:
     """State and loop of the manager thread. Methods in the first section are the only ones
     other threads may call; they take no lock that user code could be waiting on."""
 
-    def __init__(self, ctx, max_workers: int, initializer, initargs, *, max_tasks_per_child,
-                 task_timeout, max_worker_lifetime, max_worker_memory, cancel_running=False,
-                 cloudpickle_fallback=True):
+    def __init__(self, ctx: BaseContext, max_workers: int,
+                 initializer: Optional[Callable[..., Any]], initargs: Tuple[Any, ...], *,
+                 max_tasks_per_child: Optional[int], task_timeout: Optional[float],
+                 max_worker_lifetime: Optional[float], max_worker_memory: Optional[int],
+                 cancel_running: bool = False, cloudpickle_fallback: bool = True):
         self.ctx = ctx
         self.max_workers = max_workers
         self.initializer = initializer
@@ -94,7 +101,7 @@ class PoolManager:
 
         # Shared with other threads: deque appends and pops are atomic.
         self.incoming: Deque[Task] = collections.deque()
-        self.commands: Deque[tuple] = collections.deque()
+        self.commands: Deque[Tuple[Any, ...]] = collections.deque()
         self.caller_events: Deque[str] = collections.deque()  # counts from other threads
         # Held only to append to ``incoming`` or to close it: no user code runs under it.
         self.intake_lock = threading.Lock()
@@ -107,7 +114,7 @@ class PoolManager:
         self.queue: Deque[Task] = collections.deque()
         self.workers: Dict[int, Worker] = {}
         self.starting = 0
-        self.starting_slots: set = set()
+        self.starting_slots: Set[int] = set()
         self.shutting_down = False
         self.aborting: Optional[str] = None
         self.startup_failures = 0
@@ -115,7 +122,8 @@ class PoolManager:
         self.avg_task_time: Optional[float] = None
         self.counts = dict.fromkeys(_COUNT_KEYS, 0)
         self.ledger = Ledger(self.counts)
-        self.gauges = (0, 0, ())  # workers alive, workers busy, tasks on workers: published
+        # workers alive, workers busy, tasks on workers: published
+        self.gauges: Tuple[int, int, Tuple[Task, ...]] = (0, 0, ())
         self._next_liveness_check = 0.0
         self._nearest: Optional[float] = None
 
@@ -169,7 +177,7 @@ class PoolManager:
                 except OSError:  # full: the manager will wake anyway
                     pass
 
-    def request(self, *command) -> None:
+    def request(self, *command: Any) -> None:
         self.commands.append(command)
         self.wakeup()
 
@@ -279,7 +287,7 @@ class PoolManager:
             return False  # a start under way: its worker is stopped once it arrives
         return True
 
-    def _on_event(self, key) -> None:
+    def _on_event(self, key: selectors.SelectorKey) -> None:
         data = key.data
         if data is None:
             self._drain_wakeup()
@@ -383,6 +391,7 @@ class PoolManager:
         slot = min(set(range(self.max_workers)) - held)
         self.starting += 1
         self.starting_slots.add(slot)
+        assert self.starter is not None  # set before the loop starts
         self.starter.start_one(slot)
 
     # ---- dispatching -----------------------------------------------------------------------
@@ -443,7 +452,8 @@ class PoolManager:
         so that nothing waits behind a busy worker while another is free (a task that waits
         for the one queued behind it would otherwise deadlock)."""
         for _ in idle:
-            victim, tail = None, []
+            victim: Optional[Worker] = None
+            tail: List[Task] = []
             for w in self.workers.values():
                 backlog = w.backlog()
                 if len(backlog) > len(tail):
@@ -511,7 +521,7 @@ class PoolManager:
 
     def _read(self, w: Worker) -> bool:
         """Read and act on what the result pipe has now; True if there may be more."""
-        messages: list = []
+        messages: List[Message] = []
         try:
             more = w.channel.read(messages)
         finally:
@@ -523,7 +533,8 @@ class PoolManager:
             self.selector.unregister(w.proc.result_fd)
         return more
 
-    def _on_message(self, w: Worker, kind: int, task_id: int, rss: int, payload) -> None:
+    def _on_message(self, w: Worker, kind: int, task_id: int, rss: int,
+                    payload: _Payload) -> None:
         if kind == _STARTED:
             self._on_task_started(w, task_id)
         elif kind in _OUTCOMES:
@@ -552,7 +563,8 @@ class PoolManager:
             # stop it the way a running task is cancelled.
             self._stop_running_cancelled(w, task)
 
-    def _on_task_done(self, w: Worker, task_id: int, kind: int, payload, rss: int) -> None:
+    def _on_task_done(self, w: Worker, task_id: int, kind: int, payload: _Payload,
+                      rss: int) -> None:
         task = w.running
         if task is None or task.id != task_id:
             raise ProtocolError(f"a result for task {task_id}, which is not running there")
@@ -597,7 +609,7 @@ class PoolManager:
             else:
                 self.queue.appendleft(task)
 
-    def _settle(self, task: Task, kind: int, payload) -> None:
+    def _settle(self, task: Task, kind: int, payload: _Payload) -> None:
         if kind == P.RESULT:
             try:
                 value = pickle.loads(payload)
@@ -916,6 +928,7 @@ class PoolManager:
             deadline = self._task_deadline(w)
             if deadline is not None and now >= deadline:
                 task = w.running
+                assert task is not None  # a task deadline is a running task's
                 log.warning("%s timed out after %.3gs on worker pid %d; stopping the worker",
                             task.name, task.timeout, w.pid)
                 self.ledger.fail(task, TaskTimeoutError(
@@ -926,6 +939,7 @@ class PoolManager:
             soft = self._soft_deadline(w)
             if soft is not None and now >= soft:
                 task = w.running
+                assert task is not None  # a soft deadline belongs to a running task
                 task.soft_sent = True
                 self.counts["soft_timeouts"] += 1
                 log.info("%s passed its soft timeout of %.3gs on worker pid %d",
@@ -994,7 +1008,8 @@ _STARTED = P.STARTED
 _OUTCOMES = frozenset((P.RESULT, P.ERROR, P.BAD_TASK))
 
 
-def _load_exception(payload, what: str) -> BaseException:
+def _load_exception(payload: _Payload, what: str) -> BaseException:
+    exc: object
     try:
         exc = pickle.loads(payload)
     except BaseException as error:  # noqa: B036

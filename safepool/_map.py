@@ -3,16 +3,39 @@
 The iterators hold only a weak reference to the executor, so an abandoned iterator does not
 keep a pool alive; closing or dropping the iterator cancels what has not started.
 """
+from __future__ import annotations
+
 import collections
 import itertools
 import pickle
 import queue
 import time
 import weakref
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Deque,
+    Iterable,
+    Iterator,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+    cast,
+)
 
 from ._worker import run_chunk
+
+if TYPE_CHECKING:
+    from ._executor import SafeFuture, SafeProcessPoolExecutor
+
+_T = TypeVar("_T")
+#: Submits one item (the arguments of one call) or one chunk of items; returns its future.
+_Submit = Callable[[Any], "Future[Any]"]
 
 
 def validate(chunksize: int, buffersize: Optional[int]) -> None:
@@ -25,7 +48,7 @@ def validate(chunksize: int, buffersize: Optional[int]) -> None:
             raise ValueError("buffersize must be None or > 0")
 
 
-def _total(iterables) -> Optional[int]:
+def _total(iterables: Sequence[Any]) -> Optional[int]:
     try:
         return min(len(it) for it in iterables)
     except TypeError:
@@ -38,8 +61,8 @@ class _Progress:
     def __init__(self, progress: Any, total: Optional[int]):
         self.done = 0
         self.total = total
-        self.bar = None
-        self.callback = None
+        self.bar: Any = None
+        self.callback: Optional[Callable[[int, Optional[int]], object]] = None
         if progress is True:
             try:
                 from tqdm.auto import tqdm
@@ -65,11 +88,12 @@ class _Progress:
             self.bar.close()
 
 
-def _submitter(executor, fn: Callable, chunksize: int):
+def _submitter(executor: SafeProcessPoolExecutor, fn: Callable[..., Any],
+               chunksize: int) -> _Submit:
     """A function that submits one item (chunksize 1) or one chunk of items."""
     ref = weakref.ref(executor)
 
-    def submit(item):
+    def submit(item: Any) -> Future[Any]:
         ex = ref()
         if ex is None:
             raise RuntimeError("the executor was garbage-collected during map()")
@@ -80,14 +104,15 @@ def _submitter(executor, fn: Callable, chunksize: int):
     return submit
 
 
-def _items(iterables, chunksize: int) -> Iterator:
+def _items(iterables: Iterable[Iterable[Any]], chunksize: int) -> Iterator[Any]:
     args = zip(*iterables)
     if chunksize == 1:
         return args
     return iter(lambda: list(itertools.islice(args, chunksize)), [])
 
 
-def _yield_results(future, chunked: bool, tracker, end: Optional[float] = None):
+def _yield_results(future: Future[Any], chunked: bool, tracker: Optional[_Progress],
+                   end: Optional[float] = None) -> Iterator[Any]:
     """Yield the results a finished future stands for, then raise a chunk's error.
 
     Each result is popped before it is yielded: a suspended generator must not keep a
@@ -109,15 +134,16 @@ def _yield_results(future, chunked: bool, tracker, end: Optional[float] = None):
         raise pickle.loads(error)
 
 
-def _abandon(futures) -> None:
+def _abandon(futures: Iterable[Future[Any]]) -> None:
     """The iterator was closed or dropped: cancel what has not started, including tasks a
     worker holds and has not started (taken back, then cancelled)."""
     for future in futures:
-        future._withdraw()
+        cast("SafeFuture", future)._withdraw()  # the pool's own futures
 
 
-def map_ordered(executor, fn: Callable, iterables, *, timeout: Optional[float], chunksize: int,
-                buffersize: Optional[int], progress: Any) -> Iterator:
+def map_ordered(executor: SafeProcessPoolExecutor, fn: Callable[..., _T],
+                iterables: Tuple[Iterable[Any], ...], *, timeout: Optional[float],
+                chunksize: int, buffersize: Optional[int], progress: Any) -> Iterator[_T]:
     validate(chunksize, buffersize)
     end = None if timeout is None else time.monotonic() + timeout
     submit = _submitter(executor, fn, chunksize)
@@ -128,7 +154,9 @@ def map_ordered(executor, fn: Callable, iterables, *, timeout: Optional[float], 
     return _ordered(futures, items, submit, buffersize, end, chunksize > 1, tracker)
 
 
-def _ordered(futures, items, submit, buffersize, end, chunked, tracker):
+def _ordered(futures: Deque[Future[Any]], items: Iterator[Any], submit: _Submit,
+             buffersize: Optional[int], end: Optional[float], chunked: bool,
+             tracker: Optional[_Progress]) -> Iterator[Any]:
     try:
         while futures:
             if buffersize is not None:
@@ -141,14 +169,15 @@ def _ordered(futures, items, submit, buffersize, end, chunked, tracker):
             tracker.close()
 
 
-def map_unordered(executor, fn: Callable, iterables: Iterable, *, timeout: Optional[float],
-                  chunksize: int, buffersize: Optional[int], progress: Any) -> Iterator:
+def map_unordered(executor: SafeProcessPoolExecutor, fn: Callable[..., _T],
+                  iterables: Tuple[Iterable[Any], ...], *, timeout: Optional[float],
+                  chunksize: int, buffersize: Optional[int], progress: Any) -> Iterator[_T]:
     validate(chunksize, buffersize)
     end = None if timeout is None else time.monotonic() + timeout
     plain_submit = _submitter(executor, fn, chunksize)
-    finished: "queue.SimpleQueue" = queue.SimpleQueue()
+    finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
 
-    def submit(item):
+    def submit(item: Any) -> Future[Any]:
         future = plain_submit(item)
         future.add_done_callback(finished.put)
         return future
@@ -161,7 +190,10 @@ def map_unordered(executor, fn: Callable, iterables: Iterable, *, timeout: Optio
                       tracker)
 
 
-def _unordered(in_flight, finished, items, submit, buffersize, end, chunked, tracker):
+def _unordered(in_flight: Set[Future[Any]], finished: queue.SimpleQueue[Future[Any]],
+               items: Iterator[Any], submit: _Submit, buffersize: Optional[int],
+               end: Optional[float], chunked: bool,
+               tracker: Optional[_Progress]) -> Iterator[Any]:
     try:
         while in_flight:
             try:

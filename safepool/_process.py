@@ -3,6 +3,8 @@
 ``WorkerProcess`` objects are created on the starter thread (``Starter``) and then belong to
 the manager thread alone.
 """
+from __future__ import annotations
+
 import fcntl
 import multiprocessing
 import os
@@ -12,7 +14,8 @@ import sys
 import threading
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
-from typing import List, Optional
+from multiprocessing.process import BaseProcess
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 from ._forkserver_guard import ensure_safe_forkserver
 from ._worker import worker_main
@@ -51,21 +54,23 @@ def resolve_context(mp_context: Optional[BaseContext]) -> BaseContext:
     return mp_context
 
 
-def _skip_a_main_that_is_not_a_file(get_preparation_data):
+def _skip_a_main_that_is_not_a_file(
+        get_preparation_data: Callable[[str], Dict[str, Any]]) -> Callable[[str], Dict[str, Any]]:
     """multiprocessing tells each new worker to run the main program's file again, so that
     what ``__main__`` defines exists there. After ``python -`` that "file" is ``'<stdin>'``:
     every worker died trying to run it, and the pool broke. A worker gets no such order now;
     what such a ``__main__`` defines reaches workers by value (``_by_value``). Other programs
     are untouched: the wrapper changes nothing when the file exists."""
 
-    def get_preparation_data_without_missing_main(name):
+    def get_preparation_data_without_missing_main(name: str) -> Dict[str, Any]:
         data = get_preparation_data(name)
         path = data.get("init_main_from_path")
         if path is not None and not os.path.isfile(path):
             del data["init_main_from_path"]
         return data
 
-    get_preparation_data_without_missing_main.safepool_wrapped = get_preparation_data
+    setattr(get_preparation_data_without_missing_main,  # noqa: B010 - a mark on a function
+            "safepool_wrapped", get_preparation_data)
     return get_preparation_data_without_missing_main
 
 
@@ -73,7 +78,9 @@ def _install_main_guard() -> None:
     from multiprocessing import spawn
 
     if not hasattr(spawn.get_preparation_data, "safepool_wrapped"):
-        spawn.get_preparation_data = _skip_a_main_that_is_not_a_file(spawn.get_preparation_data)
+        # Patching the stdlib on purpose (see above).
+        spawn.get_preparation_data = _skip_a_main_that_is_not_a_file(  # type: ignore[assignment]
+            spawn.get_preparation_data)
 
 
 class WorkerProcess:
@@ -85,8 +92,9 @@ class WorkerProcess:
     exit.
     """
 
-    def __init__(self, ctx: BaseContext, initializer, initargs, measure_rss: bool,
-                 by_value: bool = True, slot: int = 0):
+    def __init__(self, ctx: BaseContext, initializer: Optional[Callable[..., Any]],
+                 initargs: Sequence[Any], measure_rss: bool, by_value: bool = True,
+                 slot: int = 0):
         ensure_safe_forkserver(ctx)  # no forkserver other users can reach (issue 13)
         _install_main_guard()
         task_r, self.task_fd = os.pipe()
@@ -97,7 +105,8 @@ class WorkerProcess:
             _enlarge_pipe(fd)
         child_ends = [Connection(task_r), Connection(result_w), Connection(lifeline_r),
                       Connection(control_r)]
-        self.process = ctx.Process(
+        # typeshed declares Process on each concrete context, not on BaseContext
+        self.process: BaseProcess = ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,
             args=(*child_ends, initializer, initargs, measure_rss, by_value, slot),
             name="safepool-worker",
@@ -112,22 +121,23 @@ class WorkerProcess:
             for conn in child_ends:  # the child has its own copies now
                 conn.close()
         self.slot = slot
-        self.pid: int = self.process.pid
+        self.pid: int = cast(int, self.process.pid)  # started: it has one
         self.sentinel: int = self.process.sentinel
         for fd in (self.task_fd, self.result_fd, self.control_fd):
             os.set_blocking(fd, False)
 
     @property
-    def parent_fds(self) -> tuple:
+    def parent_fds(self) -> Tuple[int, int, int, int]:
         """Every pipe end the parent holds for this worker."""
         return (self.task_fd, self.result_fd, self.lifeline_fd, self.control_fd)
 
     def forget_in_forked_child(self) -> None:
         """In a child forked from the pool's process: this worker is not the child's to join
         (multiprocessing's exit handler would otherwise wait on it)."""
-        multiprocessing.process._children.discard(self.process)
+        multiprocessing.process._children.discard(  # type: ignore[attr-defined]  # private
+            self.process)
 
-    def descendants(self) -> List:
+    def descendants(self) -> List[Any]:
         """psutil handles of every process this worker started, found before it is killed.
 
         Once the worker is dead its children are re-parented and can no longer be found.
@@ -135,7 +145,8 @@ class WorkerProcess:
         try:
             import psutil
 
-            return psutil.Process(self.pid).children(recursive=True)
+            children: List[Any] = psutil.Process(self.pid).children(recursive=True)
+            return children
         except Exception:  # the worker is already gone, or psutil cannot see it
             return []
 
@@ -162,7 +173,7 @@ class WorkerProcess:
         # Release the sentinel, but not with Process.close(): these Process objects are what
         # the stdlib-compatible ``_processes`` hands out, and code written for
         # ProcessPoolExecutor join()s them after shutdown (join/exitcode/is_alive still work).
-        self.process._popen.close()
+        self.process._popen.close()  # type: ignore[attr-defined]  # the stdlib's private
         for fd in self.parent_fds:
             try:
                 os.close(fd)
@@ -181,11 +192,13 @@ class Starter:
     Each start reports back through ``report(proc, error, slot)`` (proc or error is None).
     """
 
-    def __init__(self, ctx: BaseContext, initializer, initargs, measure_rss: bool, report,
+    def __init__(self, ctx: BaseContext, initializer: Optional[Callable[..., Any]],
+                 initargs: Sequence[Any], measure_rss: bool,
+                 report: Callable[[Optional[WorkerProcess], Optional[BaseException], int], None],
                  by_value: bool = True):
         self._args = (ctx, initializer, initargs, measure_rss, by_value)
         self._report = report
-        self._requests: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[Optional[int]] = queue.SimpleQueue()  # slots
         self.thread = threading.Thread(target=self._run, name="safepool-starter", daemon=True)
 
     def start_one(self, slot: int) -> None:
@@ -230,7 +243,7 @@ def _enlarge_pipe(fd: int) -> None:
         pass
 
 
-def kill_tree(processes: List) -> None:
+def kill_tree(processes: List[Any]) -> None:
     """SIGKILL a list of psutil processes (a worker's descendants), ignoring those gone."""
     for proc in processes:
         try:

@@ -36,7 +36,7 @@ import os
 import pickle
 import struct
 from multiprocessing.reduction import ForkingPickler as _ForkingPickler
-from typing import Iterable, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Type, Union
 
 # Workers import this module, so it imports only what every task needs. traceback and
 # safepool.errors (which pulls in concurrent.futures and logging) load when a task first
@@ -74,12 +74,14 @@ class _Pickler(pickle.Pickler):
     merges two dispatch tables each time it is created (a third of a small task's pickling).
     Here the merged table is a class attribute, rebuilt when either source changes."""
 
-    dispatch_table: dict = {}
-    _sources = (None, None)  # copies of the two tables the merged one was built from
+    dispatch_table: Dict[type, Callable[[Any], Union[str, Tuple[Any, ...]]]] = {}
+    # copies of the two tables the merged one was built from
+    _sources: Tuple[Optional[Dict[Any, Any]], Optional[Dict[Any, Any]]] = (None, None)
 
     @classmethod
-    def fresh(cls) -> "type":
-        copyreg_table, extra = copyreg.dispatch_table, _ForkingPickler._extra_reducers
+    def fresh(cls) -> "Type[_Pickler]":
+        copyreg_table = copyreg.dispatch_table
+        extra = _ForkingPickler._extra_reducers  # type: ignore[attr-defined]  # stdlib private
         # Compared by value, so that a reducer registered again for the same type counts.
         if cls._sources[0] != copyreg_table or cls._sources[1] != extra:
             table = dict(copyreg_table)
@@ -89,7 +91,7 @@ class _Pickler(pickle.Pickler):
         return cls
 
 
-def dumps(obj) -> bytes:
+def dumps(obj: Any) -> bytes:
     """Pickle as the stdlib's pool does: with multiprocessing's ForkingPickler's reductions,
     so that Connections, sockets and whatever is registered with ``ForkingPickler.register()``
     (torch.multiprocessing's tensors, say) travel as they would with ProcessPoolExecutor."""
@@ -125,7 +127,7 @@ def pack_revoke(entries: Iterable[Tuple[int, int]]) -> bytes:
     return b"".join(REVOKE_ENTRY.pack(number, task_id) for number, task_id in entries)
 
 
-def unpack_revoke(body) -> List[Tuple[int, int]]:
+def unpack_revoke(body: Union[bytes, bytearray, memoryview]) -> List[Tuple[int, int]]:
     return list(REVOKE_ENTRY.iter_unpack(bytes(body)))
 
 
@@ -133,7 +135,7 @@ def pack_ids(ids: Iterable[int]) -> bytes:
     return b"".join(ID.pack(i) for i in ids)
 
 
-def unpack_ids(body) -> List[int]:
+def unpack_ids(body: Union[bytes, bytearray, memoryview]) -> List[int]:
     return [i for (i,) in ID.iter_unpack(bytes(body))]
 
 
@@ -156,7 +158,8 @@ def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
     from ._hints import clean_remote_traceback
     from .errors import RemoteTraceback
 
-    exc.__cause__ = RemoteTraceback(clean_remote_traceback(tb))
+    # typeshed says TracebackType; the stdlib's class takes (and keeps) the formatted text
+    exc.__cause__ = RemoteTraceback(clean_remote_traceback(tb))  # type: ignore[arg-type]
     return exc
 
 
@@ -173,7 +176,7 @@ class RemoteException:
         self.exc = exc
         self.tb = tb
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return _rebuild_exception, (self.exc, self.tb)
 
 

@@ -1,7 +1,7 @@
 """The health snapshot returned by ``SafeProcessPoolExecutor.stats()``."""
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Dict, Mapping
 
 #: Why a worker was replaced (the keys of ``PoolStats.workers_replaced``).
 CAUSES = ("crash", "timeout", "cancel", "recycle", "terminated")
@@ -43,7 +43,7 @@ class PoolStats:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
         return f"PoolStats({fields})"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> Dict[str, Any]:
         """A plain dict of every field (``workers_replaced`` as a dict too), e.g. for JSON."""
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["workers_replaced"] = dict(self.workers_replaced)

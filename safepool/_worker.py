@@ -2,16 +2,36 @@
 
 Runs in a child started by forkserver or spawn. Keep imports light: every worker pays for them.
 """
+from __future__ import annotations
+
 import collections
 import os
 import pickle
 import signal
 import sys
 import threading
-from typing import Any, Callable, Deque, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Deque,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    cast,
+)
 
 from . import _protocol as P
 from ._fd_hygiene import close_on_exec_all
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    #: A message to the parent: (kind, task id, payload, rss).
+    _Message = Tuple[int, int, bytes, int]
 
 
 class WorkerInfo(NamedTuple):
@@ -34,7 +54,7 @@ _soft_target: Optional[int] = None
 SOFT_SIGNAL = signal.SIGUSR1
 
 
-def _on_soft_signal(signum, frame) -> None:
+def _on_soft_signal(signum: int, frame: Any) -> None:
     """Raise SoftTimeoutError in the task, only if it is the task the parent meant and its
     own code is running: never in safepool's code between tasks, never in the next task."""
     global _soft_target
@@ -185,7 +205,8 @@ def _child_pids() -> List[int]:
 def _rss() -> int:
     import psutil  # only workers that recycle by memory pay for the import
 
-    return psutil.Process().memory_info().rss
+    rss: int = psutil.Process().memory_info().rss
+    return rss
 
 
 class _Inbox:
@@ -275,7 +296,7 @@ class _Inbox:
             if self.running != task_id:
                 return  # it finished meanwhile: nothing to interrupt
             _soft_target = task_id
-        signal.pthread_kill(threading.main_thread().ident, SOFT_SIGNAL)
+        signal.pthread_kill(cast(int, threading.main_thread().ident), SOFT_SIGNAL)
 
     # -- the main thread --
 
@@ -303,7 +324,7 @@ class _Inbox:
             if stop:
                 self.closed = True
 
-    def next_task(self, done: Optional[Tuple[int, int, bytes, int]]):
+    def next_task(self, done: Optional[_Message]) -> Optional[Tuple[int, memoryview]]:
         """Report ``done`` (a finished task's message, or None) and take the next task: say
         STARTED for it in the same write when one is ready. None: stop."""
         if done is not None and len(done[2]) >= 65536:
@@ -326,7 +347,8 @@ class _Inbox:
             self._read_message()
 
 
-def run_chunk(fn: Callable, chunk: list):
+def run_chunk(fn: Callable[..., Any],
+              chunk: List[Tuple[Any, ...]]) -> Tuple[List[Any], Optional[bytes]]:
     """map()'s task for a chunk of items. It lives here, in a module every worker has
     imported, not in ``_map``: a worker started from a program that imports safepool lazily
     would import ``_map`` (and concurrent.futures) on its first chunk, 5 ms of every map().
@@ -337,7 +359,7 @@ def run_chunk(fn: Callable, chunk: list):
     exception (or None), so that the parent yields every good result before raising at the
     failed item's own place in the output.
     """
-    results = []
+    results: List[Any] = []
     for args in chunk:
         try:
             results.append(fn(*args))
@@ -346,7 +368,7 @@ def run_chunk(fn: Callable, chunk: list):
     return results, None
 
 
-def _run_one(task_id: int, payload: memoryview, measure_rss: bool, by_value: bool):
+def _run_one(task_id: int, payload: memoryview, measure_rss: bool, by_value: bool) -> _Message:
     """Run one task; return the message that reports it."""
     global _in_user_code
     try:
@@ -369,7 +391,7 @@ def _run_one(task_id: int, payload: memoryview, measure_rss: bool, by_value: boo
     return (kind, task_id, data, _rss() if measure_rss else 0)
 
 
-def _dump_result(fn: Any, value: Any, by_value: bool):
+def _dump_result(fn: Any, value: Any, by_value: bool) -> Tuple[int, bytes]:
     try:
         return P.RESULT, P.dumps(value)
     except BaseException as exc:  # noqa: B036 - the stdlib reports even SystemExit here
@@ -395,7 +417,8 @@ def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def _run_initializer(inbox: _Inbox, initializer: Callable, initargs: Sequence) -> bool:
+def _run_initializer(inbox: _Inbox, initializer: Callable[..., Any],
+                     initargs: Sequence[Any]) -> bool:
     try:
         initializer(*initargs)
         return True
@@ -408,8 +431,10 @@ def _run_initializer(inbox: _Inbox, initializer: Callable, initargs: Sequence) -
         return False
 
 
-def worker_main(task_conn, result_conn, lifeline_conn, control_conn, initializer, initargs,
-                measure_rss, by_value=True, slot=0) -> None:
+def worker_main(task_conn: Connection, result_conn: Connection, lifeline_conn: Connection,
+                control_conn: Connection, initializer: Optional[Callable[..., Any]],
+                initargs: Sequence[Any], measure_rss: bool, by_value: bool = True,
+                slot: int = 0) -> None:
     """Entry point of a worker process (the target of ``multiprocessing.Process``)."""
     global _slot, _tasks_run
     reset_signals()
@@ -419,7 +444,8 @@ def worker_main(task_conn, result_conn, lifeline_conn, control_conn, initializer
     conns = (task_conn, result_conn, lifeline_conn, control_conn)
     task_fd, result_fd, lifeline_fd, control_fd = (c.fileno() for c in conns)
     for conn in conns:
-        conn._handle = None  # the descriptor now belongs to us, not to the wrapper
+        # The descriptor now belongs to us, not to the wrapper (the stdlib's private field).
+        conn._handle = None  # type: ignore[attr-defined]
     for fd in (task_fd, result_fd, lifeline_fd, control_fd):
         # A program a task starts must not hold our pipes open after we are gone.
         os.set_inheritable(fd, False)

@@ -22,6 +22,8 @@ the standard pickler, by reference, and a function that exists only in the clien
 ``__main__`` cannot be found by name on a Dask worker. The adapter cloudpickles each call into
 bytes, which the safepool worker loads again (:func:`_call_pickled`).
 """
+from __future__ import annotations
+
 import asyncio
 import atexit
 import collections
@@ -36,7 +38,22 @@ import uuid
 import weakref
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FuturesTimeoutError
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from types import TracebackType
+from typing import (
+    Any,
+    Callable,
+    Counter,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Literal,
+    Optional,
+    Tuple,
+    Type,
+    TypeVar,
+    cast,
+)
 
 import cloudpickle
 import dask
@@ -44,12 +61,15 @@ import distributed
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ._executor import SafeProcessPoolExecutor
-from ._future import CancelNowFuture
+from ._future import CancelNowFuture, _FutureBase
 from ._map import _Progress
 from ._stats import CAUSES, PoolStats
 from .errors import RemoteTraceback, TaskPicklingError, TaskUnpicklingError
 
 __all__ = ["DaskExecutor", "SafepoolPlugin", "WorkerPool", "install", "uninstall"]
+
+#: What a task returns: ``submit(fn)`` gives a ``Future[_T]`` for an ``fn`` returning ``_T``.
+_T = TypeVar("_T")
 
 #: The executor name tasks select with ``dask.annotate(executor=...)`` by default.
 DEFAULT_NAME = "safepool"
@@ -76,21 +96,25 @@ def _call_pickled(payload: bytes) -> bytes:
         # BrokenProcessPool, and the pool keeps serving.
         raise TaskUnpicklingError(f"could not unpickle the task in the worker: "
                                   f"{type(exc).__name__}: {exc}") from exc
+    outcome: Tuple[Any, ...]
     try:
         outcome = (True, fn(*args, **kwargs))
     except BaseException as exc:  # noqa: B036 - the stdlib reports SystemExit here too
         outcome = (False, exc, traceback.format_exc())
     del fn, args, kwargs
     try:
-        return cloudpickle.dumps(outcome)
+        data: bytes = cloudpickle.dumps(outcome)
+        return data
     except BaseException as exc:  # noqa: B036 - a __reduce__ that calls sys.exit(), too
+        err: BaseException
         if isinstance(exc, Exception):
             what = "result" if outcome[0] else f"exception {type(outcome[1]).__name__}"
             err = TaskPicklingError(f"could not pickle the task's {what} to send it back: "
                                     f"{type(exc).__name__}: {exc}")
         else:  # SystemExit while pickling: the task's error, as the stdlib reports it
             err = exc
-        return cloudpickle.dumps((False, err, traceback.format_exc()))
+        data = cloudpickle.dumps((False, err, traceback.format_exc()))
+        return data
 
 
 class _PickledCall:
@@ -103,7 +127,7 @@ class _PickledCall:
 
     def __init__(self, payload: bytes, module: Optional[str], qualname: str):
         self.payload = payload
-        self.__module__ = module
+        self.__module__ = module  # type: ignore[assignment]  # None as on the user's callable
         self.__qualname__ = qualname
 
     def __call__(self) -> bytes:
@@ -112,23 +136,28 @@ class _PickledCall:
 
 def _names(fn: Any) -> Tuple[Optional[str], str]:
     """``(module, qualname)`` of a callable, for the names of its tasks."""
-    qualname = getattr(fn, "__qualname__", None) or getattr(type(fn), "__qualname__", "task")
-    return getattr(fn, "__module__", None), qualname
+    qualname = cast(str, getattr(fn, "__qualname__", None)
+                    or getattr(type(fn), "__qualname__", "task"))
+    module: Optional[str] = getattr(fn, "__module__", None)
+    return module, qualname
 
 
-def _call_chunk(fn: Callable, chunk: List[tuple]) -> Tuple[list, Optional[BaseException]]:
+def _call_chunk(fn: Callable[..., Any],
+                chunk: List[Tuple[Any, ...]]) -> Tuple[List[Any], Optional[BaseException]]:
     """Runs in a safepool worker: ``fn(*item)`` for each item, stopping at the first error.
 
     Returns the results before the failing item and that item's exception (or None), so that
     ``map`` yields every good result before it raises at the failed item's own place.
     """
-    results = []
+    results: List[Any] = []
     for args in chunk:
         try:
             results.append(fn(*args))
         except Exception as exc:
-            exc.__cause__ = RemoteTraceback(traceback.format_exc())
-            _add_note(exc, exc.__cause__.tb)
+            # typeshed says TracebackType; the stdlib's class takes (and keeps) the text
+            cause = RemoteTraceback(traceback.format_exc())  # type: ignore[arg-type]
+            exc.__cause__ = cause
+            _add_note(exc, cause.tb)
             return results, exc
     return results, None
 
@@ -156,26 +185,26 @@ def _unpack(outcome_bytes: bytes) -> Any:
                                   f"{type(exc).__name__}: {exc}") from exc
     if outcome[0]:
         return outcome[1]
-    _, exc, tb_text = outcome
-    exc.__cause__ = RemoteTraceback(tb_text)
+    _, error, tb_text = outcome
+    error.__cause__ = RemoteTraceback(tb_text)
     try:
-        raise exc
+        raise error
     finally:
-        del exc, outcome
+        del error, outcome
 
 
 # ---- in the Dask worker -----------------------------------------------------------------------
 
-class _PoolFuture(Future):
+class _PoolFuture(_FutureBase):
     """The future :class:`WorkerPool` returns: it follows one of the pool's futures."""
 
-    def __init__(self, inner: Future, unpack: bool):
+    def __init__(self, inner: Future[Any], unpack: bool):
         super().__init__()
         self._inner = inner
         self._unpack = unpack
         inner.add_done_callback(self._follow)  # at once if it is already done
 
-    def _follow(self, inner: Future) -> None:
+    def _follow(self, inner: Future[Any]) -> None:
         if inner.cancelled():
             super().cancel()
             super().set_running_or_notify_cancel()
@@ -221,14 +250,14 @@ class WorkerPool(Executor):
     def __init__(self, pool: SafeProcessPoolExecutor):
         self.pool = pool
         #: The futures of DaskExecutor tasks running here, by Dask key (for cancel()).
-        self.by_key: Dict[str, Future] = {}
+        self.by_key: Dict[str, Future[Any]] = {}
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
         return self.schedule(fn, args, kwargs)
 
-    def schedule(self, fn: Callable[..., Any], args: Iterable[Any] = (),
+    def schedule(self, fn: Callable[..., _T], args: Iterable[Any] = (),
                  kwargs: Optional[Dict[str, Any]] = None, *,
-                 timeout: Optional[float] = None) -> Future:
+                 timeout: Optional[float] = None) -> Future[_T]:
         args = tuple(args)
         payload = cloudpickle.dumps((fn, args, dict(kwargs or {})))
         # A task of a Dask graph arrives as distributed's runner and the task: name the task's
@@ -238,7 +267,7 @@ class WorkerPool(Executor):
 
     def schedule_pickled(self, payload: bytes, timeout: Optional[float] = None,
                          names: Tuple[Optional[str], str] = (None, "task"),
-                         unpack: bool = True) -> Future:
+                         unpack: bool = True) -> Future[Any]:
         """Run a cloudpickled ``(fn, args, kwargs)``; the future gives the result, or with
         ``unpack=False`` the pickled outcome for :func:`_unpack` (as :class:`DaskExecutor`
         wants it, to unpickle it in the client). ``names`` is ``fn``'s module and qualname,
@@ -246,8 +275,9 @@ class WorkerPool(Executor):
         inner = self.pool.schedule(_PickledCall(payload, *names), timeout=timeout)
         return _PoolFuture(inner, unpack)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
-                 timeout: Optional[float] = None) -> bool:
+    def shutdown(  # type: ignore[override]  # returns a bool where the stdlib's returns None
+            self, wait: bool = True, *, cancel_futures: bool = False,
+            timeout: Optional[float] = None) -> bool:
         return self.pool.shutdown(wait, cancel_futures=cancel_futures, timeout=timeout)
 
     def stats(self) -> PoolStats:
@@ -283,7 +313,7 @@ class SafepoolPlugin(WorkerPlugin):
         self.name = name
         self.options = options
 
-    def setup(self, worker) -> None:
+    def setup(self, worker: distributed.Worker) -> None:
         options = dict(self.options)
         if options.get("max_workers") is None:
             options["max_workers"] = max(1, int(worker.state.nthreads))
@@ -303,7 +333,7 @@ class SafepoolPlugin(WorkerPlugin):
             old.shutdown(wait=False, cancel_futures=True)
         worker.executors[self.name] = WorkerPool(SafeProcessPoolExecutor(**options))
 
-    async def teardown(self, worker) -> None:
+    async def teardown(self, worker: distributed.Worker) -> None:
         pool = worker.executors.pop(self.name, None)
         if isinstance(pool, WorkerPool):
             # In a thread: the worker's event loop (heartbeats, other tasks) must not wait.
@@ -334,7 +364,7 @@ def uninstall(client: "distributed.Client", name: str = DEFAULT_NAME) -> None:
     client.unregister_worker_plugin(name)
 
 
-def _pool_here(name: str, worker=None) -> WorkerPool:
+def _pool_here(name: str, worker: Optional[distributed.Worker] = None) -> WorkerPool:
     if worker is None:
         worker = distributed.get_worker()
     pool = worker.executors.get(name)
@@ -359,7 +389,7 @@ async def _run_in_pool(name: str, payload: bytes, timeout: Optional[float],
         pool.by_key.pop(key, None)
 
 
-def _remote_cancel(name: str, key: str, dask_worker=None) -> bool:
+def _remote_cancel(name: str, key: str, dask_worker: Optional[distributed.Worker] = None) -> bool:
     """Run by ``client.run``: cancel the task ``key`` if it runs in this worker's pool (with
     ``cancel_running`` the pool stops its process)."""
     try:
@@ -369,7 +399,8 @@ def _remote_cancel(name: str, key: str, dask_worker=None) -> bool:
     return future is not None and future.cancel()
 
 
-def _remote_stats(name: str, dask_worker=None) -> Optional[dict]:
+def _remote_stats(name: str,
+                  dask_worker: Optional[distributed.Worker] = None) -> Optional[Dict[str, Any]]:
     """Run by ``client.run`` on each worker (which passes ``dask_worker``)."""
     try:
         return _pool_here(name, dask_worker).stats().to_dict()
@@ -377,7 +408,8 @@ def _remote_stats(name: str, dask_worker=None) -> Optional[dict]:
         return None
 
 
-def _remote_force_stop(name: str, kill: bool, dask_worker=None) -> None:
+def _remote_force_stop(name: str, kill: bool,
+                       dask_worker: Optional[distributed.Worker] = None) -> None:
     try:
         pool = _pool_here(name, dask_worker).pool
     except RuntimeError:
@@ -395,7 +427,7 @@ class _Item:
 
     __slots__ = ("future", "payload", "timeout", "names")
 
-    def __init__(self, future: Future, payload: bytes, timeout: Optional[float],
+    def __init__(self, future: Future[Any], payload: bytes, timeout: Optional[float],
                  names: Tuple[Optional[str], str]):
         self.future = future
         self.payload = payload
@@ -408,7 +440,8 @@ class _DaskFuture(CancelNowFuture):
     the task runs on the cluster. The future ends cancelled at once; the executor then asks
     the pool running it to stop its process, and drops a result that still arrives."""
 
-    _executor_ref = None  # weakref.ref to the DaskExecutor: a future must not keep it alive
+    # weakref.ref to the DaskExecutor: a future must not keep it alive
+    _executor_ref: Optional[weakref.ref[DaskExecutor]] = None
 
     def _after_cancel(self, was_running: bool) -> None:
         executor = self._executor_ref() if self._executor_ref is not None else None
@@ -474,7 +507,7 @@ class DaskExecutor(Executor):
 
     def __init__(self, address: Any = None, *, max_workers: Optional[int] = None,
                  task_timeout: Optional[float] = None,
-                 initializer: Optional[Callable[..., Any]] = None, initargs: Tuple = (),
+                 initializer: Optional[Callable[..., Any]] = None, initargs: Tuple[Any, ...] = (),
                  max_tasks_per_child: Optional[int] = None, cancel_running: bool = False,
                  max_worker_lifetime: Optional[float] = None,
                  max_worker_memory: Optional[int] = None, pool_size: Optional[int] = None,
@@ -487,17 +520,18 @@ class DaskExecutor(Executor):
             raise TypeError("initializer must be a callable")
         # The options are checked here, by the class that will use them on the workers, so
         # that a mistake is an error now and not a failed plugin on every worker.
-        options = dict(initializer=initializer, initargs=tuple(initargs),
-                       max_tasks_per_child=max_tasks_per_child, task_timeout=task_timeout,
-                       cancel_running=cancel_running, max_worker_lifetime=max_worker_lifetime,
-                       max_worker_memory=max_worker_memory)
+        options: Dict[str, Any] = dict(
+            initializer=initializer, initargs=tuple(initargs),
+            max_tasks_per_child=max_tasks_per_child, task_timeout=task_timeout,
+            cancel_running=cancel_running, max_worker_lifetime=max_worker_lifetime,
+            max_worker_memory=max_worker_memory)
         SafeProcessPoolExecutor(max_workers=pool_size or 1, **options).shutdown()
         options["max_workers"] = pool_size
         if start_method not in (None, "forkserver", "spawn"):
             raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}")
         options["start_method"] = start_method
 
-        self._cluster = None
+        self._cluster: Optional[distributed.LocalCluster] = None
         self._own_client = False
         self._client = self._connect(address, n_workers, threads_per_worker, cluster_options)
         self._name = f"safepool-{uuid.uuid4().hex[:12]}"
@@ -512,19 +546,21 @@ class DaskExecutor(Executor):
 
         self._lock = threading.Lock()
         self._pending: "collections.deque[_Item]" = collections.deque()
-        self._in_flight: Dict[Future, Any] = {}
-        self._inbox: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._in_flight: Dict[Future[Any], Any] = {}  # our future -> its Dask future
+        self._inbox: queue.SimpleQueue[Optional[Tuple[Any, ...]]] = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
         self._shutdown_flag = False
         self._closed = threading.Event()   # the remote pools are gone (and our cluster)
         self._capacity = 0
         self._capacity_at = 0.0
-        self._counts = collections.Counter()
+        self._counts: Counter[str] = collections.Counter()
         _live_executors.add(self)
 
     # ---- connecting -----------------------------------------------------------------------
 
-    def _connect(self, address, n_workers, threads_per_worker, cluster_options):
+    def _connect(self, address: Any, n_workers: Optional[int],
+                 threads_per_worker: Optional[int],
+                 cluster_options: Optional[Dict[str, Any]]) -> distributed.Client:
         if isinstance(address, distributed.Client):
             return address
         if address is None:
@@ -558,14 +594,14 @@ class DaskExecutor(Executor):
 
     # ---- the Executor API -------------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
         """Schedule ``fn(*args, **kwargs)`` on the cluster; return a
         ``concurrent.futures.Future``."""
         return self._submit(fn, args, kwargs, self._task_timeout)
 
-    def schedule(self, fn: Callable[..., Any], args: Iterable[Any] = (),
+    def schedule(self, fn: Callable[..., _T], args: Iterable[Any] = (),
                  kwargs: Optional[Dict[str, Any]] = None, *,
-                 timeout: Optional[float] = None) -> Future:
+                 timeout: Optional[float] = None) -> Future[_T]:
         """Like :meth:`submit`, with a timeout for this task, counted from when it starts in
         a pool process; on expiry it fails with ``TaskTimeoutError`` and that process is
         stopped and replaced."""
@@ -574,7 +610,8 @@ class DaskExecutor(Executor):
         return self._submit(fn, tuple(args), dict(kwargs or {}),
                             self._task_timeout if timeout is None else timeout)
 
-    def _submit(self, fn, args, kwargs, timeout) -> Future:
+    def _submit(self, fn: Callable[..., _T], args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                timeout: Optional[float]) -> Future[_T]:
         self._check_open()
         future = _DaskFuture()
         future._executor_ref = weakref.ref(self)
@@ -606,22 +643,23 @@ class DaskExecutor(Executor):
         if _interpreter_exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
             timeout: Optional[float] = None, chunksize: int = 1,
-            buffersize: Optional[int] = None, progress: Any = None) -> Iterator[Any]:
+            buffersize: Optional[int] = None, progress: Any = None) -> Iterator[_T]:
         """Like ``SafeProcessPoolExecutor.map``: ``chunksize`` items travel as one Dask task
         (the way to amortise the cluster's per-task cost), ``buffersize`` bounds the chunks
         in flight, ``progress`` is a callable ``(done, total)`` or True for a tqdm bar."""
         return self._map(fn, iterables, timeout, chunksize, buffersize, progress, True)
 
-    def map_unordered(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+    def map_unordered(self, fn: Callable[..., _T], *iterables: Iterable[Any],
                       timeout: Optional[float] = None, chunksize: int = 1,
-                      buffersize: Optional[int] = None, progress: Any = None) -> Iterator[Any]:
+                      buffersize: Optional[int] = None, progress: Any = None) -> Iterator[_T]:
         """Like :meth:`map`, yielding results as they complete."""
         return self._map(fn, iterables, timeout, chunksize, buffersize, progress, False)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
-                 timeout: Optional[float] = None) -> bool:
+    def shutdown(  # type: ignore[override]  # returns a bool where the stdlib's returns None
+            self, wait: bool = True, *, cancel_futures: bool = False,
+            timeout: Optional[float] = None) -> bool:
         """Stop accepting tasks; once the accepted ones are done, remove the pools from the
         cluster (and close the cluster this executor started).
 
@@ -692,8 +730,8 @@ class DaskExecutor(Executor):
                 else {}
         except Exception:
             remote = {}
-        workers = collections.Counter()
-        replaced = collections.Counter({cause: 0 for cause in CAUSES})
+        workers: Counter[str] = collections.Counter()
+        replaced: Counter[str] = collections.Counter({cause: 0 for cause in CAUSES})
         for one in remote.values():
             if not one:
                 continue
@@ -713,7 +751,9 @@ class DaskExecutor(Executor):
             tasks_failed=counts.get("failed", 0), tasks_cancelled=counts.get("cancelled", 0),
             late_results_dropped=workers["late_results_dropped"])
 
-    def __exit__(self, exc_type, exc_val, exc_tb):
+    def __exit__(self, exc_type: Optional[Type[BaseException]],
+                 exc_val: Optional[BaseException],
+                 exc_tb: Optional[TracebackType]) -> Literal[False]:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             self.terminate_workers()
         self.shutdown(wait=True)
@@ -792,7 +832,7 @@ class DaskExecutor(Executor):
             self._client.loop.add_callback(self._relay, dask_future, item.future)
             del item, dask_future
 
-    async def _relay(self, dask_future, future: Future) -> None:
+    async def _relay(self, dask_future: distributed.Future, future: Future[Any]) -> None:
         """On the client's event loop: fetch one outcome and pass it to the dispatcher thread
         (done-callbacks must not run on the event loop: one that waits would stop it)."""
         try:
@@ -802,7 +842,7 @@ class DaskExecutor(Executor):
             message = ("done", future, False, exc)
         self._inbox.put(message)
 
-    def _deliver(self, future: Future, ok: bool, value: Any) -> None:
+    def _deliver(self, future: Future[Any], ok: bool, value: Any) -> None:
         with self._lock:
             dask_future = self._in_flight.pop(future, None)
         if dask_future is not None:
@@ -832,12 +872,12 @@ class DaskExecutor(Executor):
         finally:
             del value
 
-    def _cancel_running_task(self, future: Future) -> None:
+    def _cancel_running_task(self, future: Future[Any]) -> None:
         """Called by a running future's cancel(): the dispatcher stops it on the cluster."""
         self._count("cancelled")
         self._inbox.put(("cancel", future))
 
-    def _stop_remote(self, future: Future) -> None:
+    def _stop_remote(self, future: Future[Any]) -> None:
         with self._lock:
             dask_future = self._in_flight.get(future)
         if dask_future is None:  # its outcome is in already
@@ -889,7 +929,9 @@ class DaskExecutor(Executor):
 
     # ---- map ------------------------------------------------------------------------------
 
-    def _map(self, fn, iterables, timeout, chunksize, buffersize, progress, ordered):
+    def _map(self, fn: Callable[..., Any], iterables: Tuple[Any, ...],
+             timeout: Optional[float], chunksize: int, buffersize: Optional[int],
+             progress: Any, ordered: bool) -> Iterator[Any]:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
@@ -904,9 +946,9 @@ class DaskExecutor(Executor):
             total = None
         tracker = _Progress(progress, total) if progress else None
         ref = weakref.ref(self)
-        done: "queue.SimpleQueue" = queue.SimpleQueue()
+        done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
 
-        def submit(item):
+        def submit(item: Any) -> Future[Any]:
             executor = ref()
             if executor is None:
                 raise RuntimeError("the executor was garbage-collected during map()")
@@ -926,7 +968,10 @@ class DaskExecutor(Executor):
 _CAPACITY_REFRESH = 2.0
 
 
-def _map_results(futures, items, submit, buffersize, end, chunked, tracker, done):
+def _map_results(futures: Any, items: Iterator[Any], submit: Callable[[Any], Future[Any]],
+                 buffersize: Optional[int], end: Optional[float], chunked: bool,
+                 tracker: Optional[_Progress],
+                 done: Optional[queue.SimpleQueue[Future[Any]]]) -> Iterator[Any]:
     """Yield map's results: in input order, or (with a ``done`` queue) as they complete.
 
     ``futures`` holds what is in flight: a deque in input order, or a set when unordered.

@@ -8,7 +8,7 @@ import pickle
 import signal
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.process import _RemoteTraceback as RemoteTraceback
-from typing import Optional
+from typing import Any, Dict, Iterable, Optional, Tuple, Type, cast
 
 # RemoteTraceback is the stdlib's own class (the same .tb and __str__ on 3.8-3.13), so that code
 # checking ``type(exc.__cause__) is concurrent.futures.process._RemoteTraceback`` keeps working.
@@ -71,7 +71,7 @@ class WorkerLostError(BrokenProcessPool):
             return -self.exitcode
         return None
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.pid, self.exitcode, self.task))
 
 
@@ -82,15 +82,18 @@ class PoisonTaskError(WorkerLostError):
     that killed the worker). The pool keeps serving; only this task fails.
     """
 
-    def __init__(self, message: str, deaths=(), pid: Optional[int] = None,
-                 exitcode: Optional[int] = None, task: Optional[str] = None):
+    def __init__(self, message: str, deaths: Iterable[Tuple[int, Optional[int]]] = (),
+                 pid: Optional[int] = None, exitcode: Optional[int] = None,
+                 task: Optional[str] = None):
         super().__init__(message, pid, exitcode, task)
-        self.deaths = tuple(tuple(d) for d in deaths)
+        self.deaths: Tuple[Tuple[int, Optional[int]], ...] = tuple(
+            (d[0], d[1]) for d in deaths)
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
         return (type(self), (str(self), self.deaths, self.pid, self.exitcode, self.task))
 
 
+_TIMEOUT_BASES: Tuple[type, ...]
 if concurrent.futures.TimeoutError is TimeoutError:  # Python 3.11 and later
     _TIMEOUT_BASES = (TimeoutError,)
 else:
@@ -121,6 +124,8 @@ class TaskPicklingError(pickle.PicklingError):
     ``__cause__``. Only that task's future fails; the pool keeps serving.
     """
 
+    _base: type  # the exception class it also is, set by _rebuild_pickling_error()
+
 
 class TaskUnpicklingError(pickle.UnpicklingError, BrokenProcessPool):
     """A task could not be unpickled in the worker, or its result in the parent.
@@ -137,10 +142,10 @@ class TaskFaultError(BrokenProcessPool):
     internal error): the task's outcome is unknown. The message says what happened."""
 
 
-_PICKLING_CLASSES: dict = {}
+_PICKLING_CLASSES: Dict[type, Type[TaskPicklingError]] = {}
 
 
-def _pickling_error_class(base: type) -> type:
+def _pickling_error_class(base: type) -> Type[TaskPicklingError]:
     """TaskPicklingError mixed with ``base``, so that ``except TypeError`` still catches
     "cannot pickle '_thread.lock' object", as it does with the stdlib."""
     if issubclass(TaskPicklingError, base) or not issubclass(base, Exception):
@@ -148,19 +153,20 @@ def _pickling_error_class(base: type) -> type:
     cls = _PICKLING_CLASSES.get(base)
     if cls is None:
         try:
-            cls = type("TaskPicklingError", (TaskPicklingError, base), {
-                "__module__": __name__, "__reduce__": _reduce_mixed})
+            cls = cast(Type[TaskPicklingError], type(
+                "TaskPicklingError", (TaskPicklingError, base),
+                {"__module__": __name__, "__reduce__": _reduce_mixed}))
         except TypeError:  # an incompatible layout: the plain class, with the cause chained
             cls = TaskPicklingError
         _PICKLING_CLASSES[base] = cls
     return cls
 
 
-def _reduce_mixed(self):
+def _reduce_mixed(self: TaskPicklingError) -> Tuple[Any, ...]:
     return _rebuild_pickling_error, (self._base, str(self))
 
 
-def _rebuild_pickling_error(base: type, message: str) -> BaseException:
+def _rebuild_pickling_error(base: type, message: str) -> TaskPicklingError:
     err = _pickling_error_class(base)(message)
     err._base = base
     return err

@@ -96,7 +96,8 @@ def inspect(sdist, wheel):
     check(tops == {"safepool", "safepool-%s.dist-info" % version},
           "the wheel holds only the package: %s" % sorted(tops))
     for needed in ("safepool/__init__.py", "safepool/__main__.py", "safepool/cli/demo.py",
-                   "safepool/cli/doctor.py", "safepool/cli/_harness.py", "safepool/_hints.py"):
+                   "safepool/cli/doctor.py", "safepool/cli/_harness.py", "safepool/_hints.py",
+                   "safepool/py.typed"):
         check(needed in names, "the wheel has " + needed)
     entry_points = zipfile.ZipFile(wheel).read(
         "safepool-%s.dist-info/entry_points.txt" % version).decode()

@@ -8,7 +8,7 @@ import argparse
 import os
 import subprocess
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from safepool.cli._install import version_report
 
@@ -79,7 +79,8 @@ class _VersionAction(argparse.Action):
                  default: str = argparse.SUPPRESS, help: Optional[str] = None) -> None:
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: Optional[str] = None) -> None:
         from safepool.cli._text import paragraph, terminal_width
 
         sys.stdout.write(paragraph(version_report(), terminal_width()))

@@ -129,7 +129,7 @@ class Probe:
 
     def split(self) -> Dict[str, List[int]]:
         """Current descendants, split into live processes and zombies (dead, not reaped)."""
-        alive, zombies = [], []
+        alive, zombies = [], []  # type: List[int], List[int]
         for proc in self.descendants():
             try:
                 status = proc.status()
@@ -217,14 +217,14 @@ def describe_error(exc: BaseException) -> str:
     return "%s: %s" % (type(exc).__name__, text)
 
 
-def tally(futures: List[concurrent.futures.Future], timeout: float) -> Dict[str, Any]:
+def tally(futures: List["concurrent.futures.Future[Any]"], timeout: float) -> Dict[str, Any]:
     """Wait up to ``timeout`` s, then count futures by outcome; keep one message per error type.
 
     ``pending`` counts futures that never resolved: the worst outcome, since a caller
     waiting on one of them waits forever.
     """
     concurrent.futures.wait(futures, timeout=timeout)
-    counts = {"ok": 0, "failed": 0, "cancelled": 0, "pending": 0}
+    counts = {"ok": 0, "failed": 0, "cancelled": 0, "pending": 0}  # type: Dict[str, Any]
     errors = {}  # type: Dict[str, str]
     for fut in futures:
         if not fut.done():
@@ -236,6 +236,7 @@ def tally(futures: List[concurrent.futures.Future], timeout: float) -> Dict[str,
         else:
             counts["failed"] += 1
             exc = fut.exception()
+            assert exc is not None  # done, not cancelled, and not a success
             errors.setdefault(type(exc).__name__, describe_error(exc))
     counts["errors"] = errors
     return counts

@@ -122,7 +122,8 @@ def scenario_sigterm(kind: str, probe: Probe, options: argparse.Namespace) -> Di
     died_after = wait_until_gone(pid, timeout=3.0)
     result = {"worker_died": died_after is not None,
               "died_after_s": None if died_after is None else round(died_after, 3),
-              "started_by": started_by(pid) if died_after is None else None}
+              "started_by": started_by(pid) if died_after is None else None
+              }  # type: Dict[str, Any]
     result.update(_submit_after_crash(executor))
     result["shutdown"] = bounded_shutdown(executor, 15, wait=True)
     return result
@@ -191,7 +192,7 @@ def _terminate_workers(executor: Any, probe: Probe) -> Optional[Dict[str, Any]]:
             "running_after": len(probe.split()["alive"])}
 
 
-def _future_state(fut: concurrent.futures.Future) -> str:
+def _future_state(fut: "concurrent.futures.Future[Any]") -> str:
     """One word (or an error) for where a future stands."""
     if not fut.done():
         return "running"
@@ -570,7 +571,7 @@ def run_demo(options: argparse.Namespace) -> int:
     jobs = [(name, kind) for name in names for kind in EXECUTORS]
     progress = Progress(len(jobs), quiet=options.quiet)
     start = time.monotonic()
-    results = {}  # type: Dict[tuple, Dict[str, Any]]
+    results = {}  # type: Dict[tuple[str, str], Dict[str, Any]]
 
     def work(job: "tuple[str, str]") -> None:
         name, kind = job

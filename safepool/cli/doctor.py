@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections import namedtuple
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import psutil
 
@@ -164,7 +164,7 @@ def memory_limit() -> "tuple[Optional[int], str]":
     if "memory" in dirs:
         candidates += [os.path.join(d, "memory.limit_in_bytes")
                        for d in _ancestors("/sys/fs/cgroup/memory", dirs["memory"])]
-    best = (None, "")  # type: tuple
+    best = (None, "")  # type: Tuple[Optional[int], str]
     for path in candidates:
         limit = _read_limit(path)
         if limit is not None and (best[0] is None or limit < best[0]):
@@ -249,7 +249,7 @@ def _orphan_zombies(patience: float = 1.0) -> int:
     Evidence that PID 1 does not reap orphans. A zombie seen once may just not have been
     reaped *yet*, so only those still there after the pause count.
     """
-    def snapshot() -> set:
+    def snapshot() -> Set[Tuple[int, Any]]:
         found = set()
         for proc in psutil.process_iter(["ppid", "status", "create_time"]):
             if proc.info.get("ppid") == 1 and proc.info.get("status") == psutil.STATUS_ZOMBIE:
@@ -340,7 +340,7 @@ def self_test_main() -> int:
         steps["error"] = _step(False, harness.describe_error(exc))
     finally:
         shutil.rmtree(markdir, ignore_errors=True)
-    steps["pids"] = probe.pids()  # type: ignore[assignment]
+    steps["pids"] = probe.pids()
     harness.emit(steps)
     return 0
 
