@@ -174,6 +174,10 @@ class SafeProcessPoolExecutor(Executor):
         soft_timeout: seconds a task may run (from when it starts) before
             :class:`~safepool.SoftTimeoutError` is raised *inside* it, so that it can clean
             up; combine with ``task_timeout`` (longer) to stop it for good if it does not.
+        forward_logs: re-emit log records from workers (tasks, initializers) in this
+            process's ``logging``, with the worker's pid (``record.process``) and the task
+            (``record.safepool_task``). On by default: under ``fork`` workers inherited the
+            parent's handlers, and under forkserver or spawn their records are otherwise lost.
         cloudpickle_fallback: send what plain pickle cannot (a lambda, a closure, what
             ``__main__`` defines under ``python -c``, ``python -`` or a notebook) with
             cloudpickle, by value; False: plain pickle only, as the stdlib.
@@ -198,7 +202,8 @@ class SafeProcessPoolExecutor(Executor):
                  max_worker_memory: Optional[int] = None,
                  cloudpickle_fallback: bool = True,
                  retries: int = 0,
-                 soft_timeout: Optional[float] = None) -> None:
+                 soft_timeout: Optional[float] = None,
+                 forward_logs: bool = True) -> None:
         if max_workers is None:
             max_workers = default_max_workers()
         elif max_workers <= 0:
@@ -232,7 +237,8 @@ class SafeProcessPoolExecutor(Executor):
             ctx, max_workers, initializer, tuple(initargs),
             max_tasks_per_child=max_tasks_per_child, task_timeout=task_timeout,
             max_worker_lifetime=max_worker_lifetime, max_worker_memory=max_worker_memory,
-            cancel_running=cancel_running, cloudpickle_fallback=cloudpickle_fallback)
+            cancel_running=cancel_running, cloudpickle_fallback=cloudpickle_fallback,
+            forward_logs=forward_logs)
         self._manager_weakref = weakref.ref(self._manager)  # one for all its futures
         # Dropping the executor without shutdown() still stops and reaps its workers.
         weakref.finalize(self, self._manager.request, "shutdown").atexit = False

@@ -25,6 +25,7 @@ from typing import Any, Deque, List, Optional
 
 from ._channel import Channel
 from ._ledger import Task
+from ._logs import LogReader
 from ._process import WorkerProcess, kill_tree
 
 #: After a STOP message, how long an idle worker gets to exit before SIGTERM.
@@ -61,6 +62,7 @@ class Worker:
         self.fault: Optional[BaseException] = None  # its channel broke: acks cannot be trusted
         self.lost_reason: Optional[str] = None  # what to tell a task stopped with it
         self.abandoned = False  # the pool broke and failed its tasks; its messages are moot
+        self.logs: Optional[LogReader] = None  # its log pipe's reader (forward_logs)
 
     @property
     def serving(self) -> bool:

@@ -74,7 +74,7 @@ SPAWN_RETRY = 0.2
 START_BOUND = 60.0
 
 _COUNT_KEYS = ("started", "completed", "failed", "cancelled", "late", "submitted", "revoked",
-               "retried", "poison", "soft_timeouts",
+               "retried", "poison", "soft_timeouts", "logs_forwarded", "logs_dropped",
                *("replaced_" + c for c in CAUSES))
 
 
@@ -86,7 +86,8 @@ class PoolManager:
                  initializer: Optional[Callable[..., Any]], initargs: Tuple[Any, ...], *,
                  max_tasks_per_child: Optional[int], task_timeout: Optional[float],
                  max_worker_lifetime: Optional[float], max_worker_memory: Optional[int],
-                 cancel_running: bool = False, cloudpickle_fallback: bool = True):
+                 cancel_running: bool = False, cloudpickle_fallback: bool = True,
+                 forward_logs: bool = True):
         self.ctx = ctx
         self.max_workers = max_workers
         self.initializer = initializer
@@ -97,6 +98,7 @@ class PoolManager:
         self.max_worker_memory = max_worker_memory
         self.cancel_running = cancel_running
         self.cloudpickle_fallback = cloudpickle_fallback
+        self.forward_logs = forward_logs
         self.owner_pid = os.getpid()
 
         # Shared with other threads: deque appends and pops are atomic.
@@ -218,6 +220,8 @@ class PoolManager:
             tasks_retried=c["retried"],
             poison_tasks=c["poison"],
             soft_timeouts=c["soft_timeouts"],
+            log_records_forwarded=c["logs_forwarded"],
+            log_records_dropped=c["logs_dropped"],
         )
 
     def after_fork_in_child(self) -> None:
@@ -244,7 +248,7 @@ class PoolManager:
         try:
             self.starter = Starter(self.ctx, self.initializer, self.initargs,
                                    self.max_worker_memory is not None, self._on_started,
-                                   self.cloudpickle_fallback)
+                                   self.cloudpickle_fallback, self.forward_logs)
             while True:
                 # Tasks first: a command (cancel_futures) concerns every task submitted before it.
                 self._take_incoming()
@@ -302,6 +306,8 @@ class PoolManager:
                 self._on_exit(w)
             elif kind == "read":
                 self._read(w)
+            elif kind == "logs":
+                self._read_logs(w)
             elif kind == "write":
                 for outbox in w.channel.outboxes:
                     outbox.flush()
@@ -373,6 +379,11 @@ class PoolManager:
         self.workers[w.pid] = w
         self.selector.register(proc.result_fd, selectors.EVENT_READ, ("read", w))
         self.selector.register(proc.sentinel, selectors.EVENT_READ, ("exit", w))
+        if proc.log_fd is not None:
+            from ._logs import LogReader
+
+            w.logs = LogReader(proc.log_fd, proc.pid)
+            self.selector.register(proc.log_fd, selectors.EVENT_READ, ("logs", w))
         self.counts["started"] += 1
         log.debug("started worker pid %d", w.pid)
         if self.aborting is not None or self.broken is not None:
@@ -533,6 +544,21 @@ class PoolManager:
             self.selector.unregister(w.proc.result_fd)
         return more
 
+    def _read_logs(self, w: Worker) -> None:
+        """Re-emit a worker's log records in our logging (forward_logs). The handlers are the
+        application's: they run here, on the manager thread, under no safepool lock."""
+        logs = w.logs
+        if logs is None:
+            return
+        before = logs.forwarded, logs.dropped
+        try:
+            logs.read()
+        finally:
+            self.counts["logs_forwarded"] += logs.forwarded - before[0]
+            self.counts["logs_dropped"] += logs.dropped - before[1]
+            if logs.eof and logs.fd in self.selector.get_map():
+                self.selector.unregister(logs.fd)
+
     def _on_message(self, w: Worker, kind: int, task_id: int, rss: int,
                     payload: _Payload) -> None:
         if kind == _STARTED:
@@ -644,8 +670,11 @@ class PoolManager:
                     pass
             except Exception as exc:
                 w.fault = exc
-        for fd in (w.proc.result_fd, w.proc.sentinel, w.proc.task_fd, w.proc.control_fd):
-            if fd in self.selector.get_map():
+        if w.logs is not None and not w.logs.eof:
+            self._read_logs(w)  # its last records, before its pipes close
+        for fd in (w.proc.result_fd, w.proc.sentinel, w.proc.task_fd, w.proc.control_fd,
+                   w.proc.log_fd):
+            if fd is not None and fd in self.selector.get_map():
                 self.selector.unregister(fd)
         kill_tree(w.descendants)
         exitcode = w.proc.reap()
@@ -748,8 +777,8 @@ class PoolManager:
                 f"parent failed: {exc!r}. The worker was killed and replaced.")
             err.__cause__ = exc
             self.ledger.fail(w.running, err)
-        for fd in (w.proc.result_fd, w.proc.task_fd, w.proc.control_fd):
-            if fd in self.selector.get_map():
+        for fd in (w.proc.result_fd, w.proc.task_fd, w.proc.control_fd, w.proc.log_fd):
+            if fd is not None and fd in self.selector.get_map():
                 self.selector.unregister(fd)
         w.kill("crash")
 

@@ -94,21 +94,31 @@ class WorkerProcess:
 
     def __init__(self, ctx: BaseContext, initializer: Optional[Callable[..., Any]],
                  initargs: Sequence[Any], measure_rss: bool, by_value: bool = True,
-                 slot: int = 0):
+                 log_level: Optional[int] = None, slot: int = 0):
         ensure_safe_forkserver(ctx)  # no forkserver other users can reach (issue 13)
         _install_main_guard()
         task_r, self.task_fd = os.pipe()
         self.result_fd, result_w = os.pipe()
         lifeline_r, self.lifeline_fd = os.pipe()
         control_r, self.control_fd = os.pipe()
+        # Log records (forward_logs): a pipe of their own, so that a full one costs a record,
+        # never a result, and the worker never waits on it.
+        log_w: Optional[int] = None
+        self.log_fd: Optional[int] = None
+        if log_level is not None:
+            self.log_fd, log_w = os.pipe()
         for fd in (self.task_fd, self.result_fd):
             _enlarge_pipe(fd)
         child_ends = [Connection(task_r), Connection(result_w), Connection(lifeline_r),
                       Connection(control_r)]
+        log_end = Connection(log_w) if log_w is not None else None
+        if log_end is not None:
+            child_ends.append(log_end)
         # typeshed declares Process on each concrete context, not on BaseContext
         self.process: BaseProcess = ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,
-            args=(*child_ends, initializer, initargs, measure_rss, by_value, slot),
+            args=(*child_ends[:4], initializer, initargs, measure_rss, by_value, slot,
+                  log_end, log_level),
             name="safepool-worker",
         )
         try:
@@ -123,13 +133,15 @@ class WorkerProcess:
         self.slot = slot
         self.pid: int = cast(int, self.process.pid)  # started: it has one
         self.sentinel: int = self.process.sentinel
-        for fd in (self.task_fd, self.result_fd, self.control_fd):
-            os.set_blocking(fd, False)
+        for parent_fd in (self.task_fd, self.result_fd, self.control_fd, self.log_fd):
+            if parent_fd is not None:
+                os.set_blocking(parent_fd, False)
 
     @property
-    def parent_fds(self) -> Tuple[int, int, int, int]:
+    def parent_fds(self) -> Tuple[int, ...]:
         """Every pipe end the parent holds for this worker."""
-        return (self.task_fd, self.result_fd, self.lifeline_fd, self.control_fd)
+        fds = (self.task_fd, self.result_fd, self.lifeline_fd, self.control_fd)
+        return fds if self.log_fd is None else fds + (self.log_fd,)
 
     def forget_in_forked_child(self) -> None:
         """In a child forked from the pool's process: this worker is not the child's to join
@@ -195,8 +207,9 @@ class Starter:
     def __init__(self, ctx: BaseContext, initializer: Optional[Callable[..., Any]],
                  initargs: Sequence[Any], measure_rss: bool,
                  report: Callable[[Optional[WorkerProcess], Optional[BaseException], int], None],
-                 by_value: bool = True):
+                 by_value: bool = True, forward_logs: bool = False):
         self._args = (ctx, initializer, initargs, measure_rss, by_value)
+        self._forward_logs = forward_logs
         self._report = report
         self._requests: queue.SimpleQueue[Optional[int]] = queue.SimpleQueue()  # slots
         self.thread = threading.Thread(target=self._run, name="safepool-starter", daemon=True)
@@ -219,7 +232,12 @@ class Starter:
             if slot is None:
                 return
             try:
-                proc = WorkerProcess(*self._args, slot=slot)
+                log_level = None
+                if self._forward_logs:
+                    from ._logs import lowest_enabled_level
+
+                    log_level = lowest_enabled_level()  # as configured now, at each start
+                proc = WorkerProcess(*self._args, log_level=log_level, slot=slot)
             except BaseException as exc:  # noqa: B036 - reported, and counted as a failed start
                 self._report(None, exc, slot)
             else:

@@ -22,6 +22,8 @@ class PoolStats:
     ``tasks_retried`` counts runs again after a worker died under a task (``retries``);
     ``poison_tasks`` counts tasks that failed with ``PoisonTaskError``; ``soft_timeouts``
     counts tasks told to stop by ``SoftTimeoutError`` (``soft_timeout``).
+    ``log_records_forwarded`` counts workers' log records re-emitted here (``forward_logs``);
+    ``log_records_dropped``, those a worker dropped because this process read too slowly.
     """
 
     workers_alive: int = 0
@@ -38,6 +40,8 @@ class PoolStats:
     tasks_retried: int = 0
     poison_tasks: int = 0
     soft_timeouts: int = 0
+    log_records_forwarded: int = 0
+    log_records_dropped: int = 0
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())

@@ -368,7 +368,8 @@ def run_chunk(fn: Callable[..., Any],
     return results, None
 
 
-def _run_one(task_id: int, payload: memoryview, measure_rss: bool, by_value: bool) -> _Message:
+def _run_one(task_id: int, payload: memoryview, measure_rss: bool, by_value: bool,
+             names_tasks: bool = False) -> _Message:
     """Run one task; return the message that reports it."""
     global _in_user_code
     try:
@@ -376,6 +377,10 @@ def _run_one(task_id: int, payload: memoryview, measure_rss: bool, by_value: boo
     except BaseException as exc:  # noqa: B036 - a task that cannot be unpickled fails alone
         return (P.BAD_TASK, task_id, P.dump_exception(exc, "unpickling the task raised"), 0)
     del payload
+    if names_tasks:  # forward_logs: records emitted by the task say which task
+        from . import _logs
+
+        _logs.current_task = _name(fn)
     try:
         _in_user_code = task_id
         try:
@@ -434,21 +439,32 @@ def _run_initializer(inbox: _Inbox, initializer: Callable[..., Any],
 def worker_main(task_conn: Connection, result_conn: Connection, lifeline_conn: Connection,
                 control_conn: Connection, initializer: Optional[Callable[..., Any]],
                 initargs: Sequence[Any], measure_rss: bool, by_value: bool = True,
-                slot: int = 0) -> None:
+                slot: int = 0, log_conn: Optional[Connection] = None,
+                log_level: Optional[int] = None) -> None:
     """Entry point of a worker process (the target of ``multiprocessing.Process``)."""
     global _slot, _tasks_run
     reset_signals()
     own_process_group()
     become_subreaper()
     # Take the raw descriptors out of the Connection wrappers, which then forget them.
-    conns = (task_conn, result_conn, lifeline_conn, control_conn)
+    conns = [task_conn, result_conn, lifeline_conn, control_conn]
     task_fd, result_fd, lifeline_fd, control_fd = (c.fileno() for c in conns)
+    log_fd = log_conn.fileno() if log_conn is not None else None
+    if log_conn is not None:
+        conns.append(log_conn)
     for conn in conns:
         # The descriptor now belongs to us, not to the wrapper (the stdlib's private field).
         conn._handle = None  # type: ignore[attr-defined]
-    for fd in (task_fd, result_fd, lifeline_fd, control_fd):
+    for conn_fd in (task_fd, result_fd, lifeline_fd, control_fd, log_fd):
         # A program a task starts must not hold our pipes open after we are gone.
-        os.set_inheritable(fd, False)
+        if conn_fd is not None:
+            os.set_inheritable(conn_fd, False)
+    log_handler = None
+    if log_fd is not None and log_level is not None:
+        # Before the initializer, so that its records reach the parent too.
+        from . import _logs
+
+        log_handler = _logs.install_in_worker(log_fd, log_level)
     start_lifeline(lifeline_fd)
     # After start-up, every descriptor above 2 is close-on-exec: a program a task runs
     # holds no pipe to the parent (nor the stdlib's forkserver and tracker pipes).
@@ -466,7 +482,9 @@ def worker_main(task_conn: Connection, result_conn: Connection, lifeline_conn: C
             if task is None:
                 break
             _tasks_run += 1
-            done = _run_one(task[0], task[1], measure_rss, by_value)
+            done = _run_one(task[0], task[1], measure_rss, by_value, log_handler is not None)
             task = None  # free the arguments before blocking for the next one
     finally:
+        if log_handler is not None:
+            log_handler.drain(1.0)  # its last records, unless the parent is too slow for them
         kill_descendants()

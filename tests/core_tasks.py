@@ -192,3 +192,17 @@ def announce_and_wait(started, wanted, limit):
     with open(started, "w"):
         pass
     return wait_for_files([wanted], limit)
+
+
+def log_things(n, size=10, done_path=None):
+    """Log ``n`` INFO records of ``size`` bytes and one DEBUG; then create ``done_path``."""
+    import logging
+
+    log = logging.getLogger("safepool_tests.tasks")
+    log.debug("a debug record")
+    for i in range(n):
+        log.info("record %d %s", i, "x" * size)
+    if done_path:
+        with open(done_path, "w"):
+            pass
+    return n
