@@ -18,7 +18,7 @@ from . import _protocol as P
 if TYPE_CHECKING:
     import pickle
 
-_main_checked: Tuple[Optional[str], Optional[bool]] = (None, None)
+_main_checked: Tuple[Any, bool] = (None, True)  # (the __main__ module seen, its answer)
 
 
 def main_is_importable() -> bool:
@@ -27,19 +27,21 @@ def main_is_importable() -> bool:
     A worker started by forkserver or spawn gets ``__main__``'s functions by running its file
     again (or importing it by name, after ``python -m``). ``python -c``, ``python -`` (whose
     ``__file__`` is ``'<stdin>'``) and notebooks have no file to run: a function they define
-    reaches a worker only by value.
+    reaches a worker only by value. Worked out once per ``__main__`` module (every submit()
+    asks).
     """
     global _main_checked
     main = sys.modules.get("__main__")
-    if main is None:
-        return True
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and getattr(spec, "name", None):
-        return True
-    path = getattr(main, "__file__", None)
-    if _main_checked[0] != path or _main_checked[1] is None:
-        _main_checked = (path, bool(path and os.path.isfile(path)))
-    return bool(_main_checked[1])
+    if main is _main_checked[0]:
+        return _main_checked[1]
+    answer = True
+    if main is not None:
+        spec = getattr(main, "__spec__", None)
+        if spec is None or not getattr(spec, "name", None):
+            path = getattr(main, "__file__", None)
+            answer = bool(path and os.path.isfile(path))
+    _main_checked = (main, answer)
+    return answer
 
 
 def dumps(obj: Any, fallback: bool) -> bytes:

@@ -21,7 +21,7 @@ import os
 import pickle
 import struct
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 FRAME = struct.Struct("!QQ")
 #: What a worker keeps waiting for a slow parent before it drops records.
@@ -29,8 +29,8 @@ MAX_PENDING = 1 << 20
 #: A record bigger than this (a huge message or traceback) is cut, not sent whole.
 MAX_RECORD = 1 << 16
 
-#: Set in a worker while a task runs: its name, for the records it emits.
-current_task: Optional[str] = None
+#: Set in a worker while a task runs: its function, named in the records it emits.
+current_task: Any = None
 
 
 class ForwardingHandler(logging.Handler):
@@ -108,7 +108,9 @@ def _portable(record: logging.LogRecord) -> Dict[str, Any]:
             record.exc_info))[:MAX_RECORD]
     attrs["exc_info"] = None
     attrs.pop("message", None)
-    attrs["safepool_task"] = current_task
+    fn = current_task
+    attrs["safepool_task"] = None if fn is None else (
+        getattr(fn, "__qualname__", None) or repr(fn))
     for key, value in list(attrs.items()):
         if not isinstance(value, (str, int, float, bool, type(None), tuple)):
             attrs[key] = repr(value)[:1000]

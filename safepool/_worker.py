@@ -378,9 +378,7 @@ def _run_one(task_id: int, payload: memoryview, measure_rss: bool, by_value: boo
         return (P.BAD_TASK, task_id, P.dump_exception(exc, "unpickling the task raised"), 0)
     del payload
     if names_tasks:  # forward_logs: records emitted by the task say which task
-        from . import _logs
-
-        _logs.current_task = _name(fn)
+        _logs_module().current_task = fn
     try:
         _in_user_code = task_id
         try:
@@ -394,6 +392,12 @@ def _run_one(task_id: int, payload: memoryview, measure_rss: bool, by_value: boo
         del value  # before the (maybe slow) send: memory is measured after it
     del fn, args, kwargs
     return (kind, task_id, data, _rss() if measure_rss else 0)
+
+
+def _logs_module() -> Any:
+    from . import _logs  # loaded once, by the worker's start when forward_logs is on
+
+    return _logs
 
 
 def _dump_result(fn: Any, value: Any, by_value: bool) -> Tuple[int, bytes]:
