@@ -16,7 +16,8 @@ One task's way::
 
 "Started" is the worker's own word (``STARTED``, sent before it even unpickles the task), never
 inferred: a task without it ran none of its code and may be sent again; a task with it is never
-sent again. See ``_ledger.py`` and ``_lifecycle.py`` for the states and their invariants.
+sent again. See ``_ledger.py`` and ``_lifecycle.py`` for the states and their invariants, and
+``docs/design.rst`` for the whole picture and the production failure behind each rule.
 """
 from __future__ import annotations
 
