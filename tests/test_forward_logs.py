@@ -42,6 +42,8 @@ def test_task_records_reach_the_parent_with_pid_and_task(clean_process, task_log
         pid = ex.submit(os.getpid).result(timeout=30)
         assert ex.submit(core_tasks.log_things, 3).result(timeout=30) == 3
         wait_until(lambda: len(handler.records) >= 3, 10, message="the records")
+        # Counted once the manager has handed the whole read to logging: a moment later.
+        wait_until(lambda: ex.stats().log_records_forwarded >= 3, 10, message="the count")
         stats = ex.stats()
     messages = [r.getMessage() for r in handler.records]
     assert messages == [f"record {i} xxxxxxxxxx" for i in range(3)]  # no DEBUG: INFO here
