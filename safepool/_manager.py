@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import pickle
 import selectors
@@ -118,6 +119,7 @@ class PoolManager:
         self.workers: Dict[int, Worker] = {}
         self.starting = 0
         self.starting_slots: Set[int] = set()
+        self.last_spawn_at = 0.0
         self.shutting_down = False
         self.aborting: Optional[str] = None
         self.startup_failures = 0
@@ -286,10 +288,18 @@ class PoolManager:
             self._final_cleanup()
 
     def _finished(self) -> bool:
+        if self.aborting is not None:
+            # Nothing queued will ever run now (no worker is started or sent a task): what
+            # got here after the abort (a late requeue, a late submit) ends cancelled, so that
+            # shutdown() cannot wait for it forever.
+            while self.queue:
+                self.ledger.cancel(self.queue.popleft())
         if not self.shutting_down or self.queue or self.workers:
             return False
         if self.starting and self.broken is None:
-            return False  # a start under way: its worker is stopped once it arrives
+            # A start under way: its worker is stopped once it arrives. Not forever: a start
+            # stuck past START_BOUND is left to _final_cleanup (which kills what arrives late).
+            return time.monotonic() >= self.last_spawn_at + START_BOUND
         return True
 
     def _on_event(self, key: selectors.SelectorKey) -> None:
@@ -402,6 +412,7 @@ class PoolManager:
         held = {w.slot for w in self.workers.values() if w.holds_slot} | self.starting_slots
         slot = min(set(range(self.max_workers)) - held)
         self.starting += 1
+        self.last_spawn_at = time.monotonic()
         self.starting_slots.add(slot)
         assert self.starter is not None  # set before the loop starts
         self.starter.start_one(slot)
@@ -930,6 +941,8 @@ class PoolManager:
     def _next_timeout(self) -> Optional[float]:
         """Seconds until the nearest deadline (None: none), remembered in ``_nearest``."""
         nearest = self._next_liveness_check if self.workers else None
+        if self.shutting_down and self.starting:  # see _finished: a start is waited for, boundedly
+            nearest = min(nearest or math.inf, self.last_spawn_at + START_BOUND)
         if self.queue and self.broken is None and self.next_spawn_at > time.monotonic():
             # Starting a worker just failed (EAGAIN, EMFILE): try again soon;
             # STARTUP_FAILURE_LIMIT failures in a row break the pool.

@@ -38,6 +38,8 @@ from safepool import SafeProcessPoolExecutor  # noqa: E402
 EXAMPLES = int(os.environ.get("SAFEPOOL_STATEFUL_EXAMPLES", "8"))
 STEPS = int(os.environ.get("SAFEPOOL_STATEFUL_STEPS", "25"))
 RESOLVE_BOUND = 60.0
+#: How long one shutdown may take (a start stuck in the forkserver is given up after 60 s).
+SHUTDOWN_BOUND = 150.0
 
 
 class PoolMachine(RuleBasedStateMachine):
@@ -140,22 +142,25 @@ class PoolMachine(RuleBasedStateMachine):
             self._shut_down_and_check()
         finally:
             self.ex.kill_workers()
-            self.ex.shutdown(wait=True)
+            self.ex.shutdown(wait=True, timeout=SHUTDOWN_BOUND)
 
     def _shut_down_and_check(self):
         how = self.next_tag % 5  # varied, and reproducible from the steps
+        # Every wait is bounded: a shutdown that hangs fails here (with the steps that led to
+        # it) instead of hanging the run.
+        bound = SHUTDOWN_BOUND
         if how == 0:
-            assert self.ex.shutdown(wait=True) is True
+            assert self.ex.shutdown(wait=True, timeout=bound) is True, "shutdown hung"
         elif how == 1:
-            self.ex.shutdown(wait=True, cancel_futures=True)
+            assert self.ex.shutdown(wait=True, cancel_futures=True, timeout=bound) is True
         elif how == 2:
             self.ex.shutdown(wait=True, timeout=0.5)
         elif how == 3:
             self.ex.terminate_workers()
-            self.ex.shutdown(wait=True)
+            assert self.ex.shutdown(wait=True, timeout=bound) is True, "shutdown hung"
         else:
             self.ex.shutdown(wait=False, cancel_futures=True)
-            self.ex.shutdown(wait=True)
+            assert self.ex.shutdown(wait=True, timeout=bound) is True, "shutdown hung"
         end = time.monotonic() + RESOLVE_BOUND
         while time.monotonic() < end and not all(f.done() for f in self.futures.values()):
             time.sleep(0.01)
