@@ -51,7 +51,7 @@ def dumps(obj: Any, fallback: bool) -> bytes:
     ``cloudpickle_error`` attribute (None if the fallback is off).
     """
     try:
-        payload = P.dumps(obj)
+        payload = P.dumps(obj, out_of_band=True)
     except Exception as exc:
         if not fallback:
             raise
@@ -77,13 +77,9 @@ _pickler_class: Optional[Type[pickle.Pickler]] = None
 
 def _cloudpickle_dumps(obj: Any) -> bytes:
     global _pickler_class
-    import io
-
     if _pickler_class is None:
         _pickler_class = _make_pickler_class()
-    buf = io.BytesIO()
-    _pickler_class(buf, protocol=P.PROTOCOL).dump(obj)
-    return buf.getvalue()
+    return P.dumps_with(_pickler_class, obj, out_of_band=True)
 
 
 def _make_pickler_class() -> Type[pickle.Pickler]:

@@ -8,8 +8,10 @@ a length under ``MAX_FRAME``, memory to hold it): a corrupt or hostile frame rai
 from __future__ import annotations
 
 import os
+import socket
 from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Sequence, Tuple, Union
 
+from . import _out_of_band as _oob
 from . import _protocol as P
 
 if TYPE_CHECKING:
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
 READ_CHUNK = 1 << 18
 #: A result at least this large is read straight into a buffer of its own size.
 BIG_MESSAGE = 1 << 20
+
+#: Kinds whose payload is a pickle, which may bring buffers.
+_PICKLED = frozenset((P.RESULT, P.ERROR, P.BAD_TASK, P.INIT_FAILED))
 
 Message = Tuple[int, int, int, Any]  # kind, task id, rss, payload (bytearray or memoryview)
 
@@ -69,9 +74,13 @@ class Outbox:
 
 
 class Channel:
-    def __init__(self, task_fd: int, result_fd: int, control_fd: int):
+    def __init__(self, task_fd: int, result_fd: int, control_fd: int,
+                 fd_sock: Optional[socket.socket] = None):
         self.tasks = Outbox(task_fd)      # TASKS and STOP, in order
         self.control = Outbox(control_fd)  # REVOKE: read by the worker even while it is busy
+        # Descriptors of big buffers (Linux), both ways, in the order of the frames naming them
+        self.fd_sock = fd_sock
+        self.fds: Optional[_oob.FdOutbox] = None if fd_sock is None else _oob.FdOutbox(fd_sock)
         self.sent = 0                     # task frames written: the next one's number
         self.result_fd = result_fd
         self.inbuf = bytearray()          # bytes read from the result pipe, not yet parsed
@@ -80,8 +89,10 @@ class Channel:
         self.eof = False
 
     @property
-    def outboxes(self) -> Tuple[Outbox, Outbox]:
-        return (self.tasks, self.control)
+    def outboxes(self) -> Tuple[Union[Outbox, _oob.FdOutbox], ...]:
+        if self.fds is None:
+            return (self.tasks, self.control)
+        return (self.tasks, self.control, self.fds)
 
     # ---- parent -> worker ----------------------------------------------------------------
 
@@ -96,6 +107,10 @@ class Channel:
             assert payload is not None  # only a settled task has let go of its payload
             buffers.append(P.task_frame_header(task.id, payload))
             buffers.append(payload)
+            if type(payload) is _oob.Packed:
+                # Its descriptors go first; the worker takes them when it reads the frame.
+                assert self.fds is not None  # only made where descriptors can travel
+                self.fds.write(payload.buffers)
             size += P.TASK_FRAME.size + len(payload)
         buffers[0] = P.TO_WORKER.pack(size, P.TASKS)
         if size < 65536:
@@ -130,7 +145,8 @@ class Channel:
                     self.big[2] = filled + n
                     if self.big[2] == len(buf):
                         self.big = None
-                        messages.append((header[1], header[2], header[3], memoryview(buf)))
+                        messages.append((header[1], header[2], header[3],
+                                         self._with_buffers(header[1], memoryview(buf))))
                     continue
                 chunk = os.read(fd, READ_CHUNK)
             except BlockingIOError:
@@ -168,5 +184,18 @@ class Channel:
                 break
             payload = buf[pos + size:pos + size + length]  # one copy, out of the buffer
             pos += size + length
-            messages.append((kind, header[2], header[3], payload))
+            messages.append((kind, header[2], header[3], self._with_buffers(kind, payload)))
         del buf[:pos]
+
+    def _with_buffers(self, kind: int, payload: Union[bytearray, memoryview]) -> Any:
+        """The payload, with the descriptors it names taken from the socket: the worker sent
+        them before the frame, so they are there now, or the worker broke the protocol."""
+        if kind not in _PICKLED or not _oob.is_packed(payload):
+            return payload
+        if self.fd_sock is None:
+            raise ProtocolError("a payload with buffers, where none can travel")
+        try:
+            count = _oob.declared_buffers(payload)
+            return _oob.Received(payload, _oob.Buffers(_oob.recv_fds(self.fd_sock, count)))
+        except (OSError, ValueError) as exc:  # BlockingIOError: announced, never sent
+            raise ProtocolError(f"the buffers of a {kind} frame did not arrive: {exc!r}")

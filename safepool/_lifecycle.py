@@ -49,7 +49,8 @@ class Worker:
         self.proc = proc
         self.pid = proc.pid
         self.slot: int = getattr(proc, "slot", 0)
-        self.channel = Channel(proc.task_fd, proc.result_fd, proc.control_fd)
+        self.channel = Channel(proc.task_fd, proc.result_fd, proc.control_fd,
+                               getattr(proc, "fd_sock", None))
         self.state = WorkerState.STARTING
         self.started_at = now
         self.running: Optional[Task] = None

@@ -25,7 +25,6 @@ import collections
 import logging
 import math
 import os
-import pickle
 import selectors
 import signal
 import threading
@@ -650,7 +649,7 @@ class PoolManager:
     def _settle(self, task: Task, kind: int, payload: _Payload) -> None:
         if kind == P.RESULT:
             try:
-                value = pickle.loads(payload)
+                value = P.loads(payload)
             except BaseException as exc:  # noqa: B036 - SystemExit from __reduce__ too
                 err = TaskUnpicklingError(
                     f"the result of {task.name} could not be unpickled in the parent: "
@@ -1054,7 +1053,7 @@ _OUTCOMES = frozenset((P.RESULT, P.ERROR, P.BAD_TASK))
 def _load_exception(payload: _Payload, what: str) -> BaseException:
     exc: object
     try:
-        exc = pickle.loads(payload)
+        exc = P.loads(payload)
     except BaseException as error:  # noqa: B036
         exc = TaskUnpicklingError(f"{what} could not be unpickled in the parent: "
                                   f"{type(error).__name__}: {error}")

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 from multiprocessing.connection import Connection
@@ -17,6 +18,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
+from . import _out_of_band as _oob
 from ._forkserver_guard import ensure_safe_forkserver
 from ._worker import worker_main
 
@@ -114,11 +116,19 @@ class WorkerProcess:
         log_end = Connection(log_w) if log_w is not None else None
         if log_end is not None:
             child_ends.append(log_end)
+        # Descriptors of big buffers, both ways (Linux: _out_of_band). The parent keeps a
+        # socket object (closed in reap()), not a bare number.
+        self.fd_sock: Optional[socket.socket] = None
+        fd_end = None
+        if _oob.AVAILABLE:
+            self.fd_sock, child_sock = _oob.socketpair()
+            fd_end = Connection(child_sock.detach())
+            child_ends.append(fd_end)
         # typeshed declares Process on each concrete context, not on BaseContext
         self.process: BaseProcess = ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,
             args=(*child_ends[:4], initializer, initargs, measure_rss, by_value, slot,
-                  log_end, log_level),
+                  log_end, log_level, fd_end),
             name="safepool-worker",
         )
         try:
@@ -126,6 +136,8 @@ class WorkerProcess:
         except BaseException:
             for fd in self.parent_fds:
                 os.close(fd)
+            if self.fd_sock is not None:
+                self.fd_sock.close()
             raise
         finally:
             for conn in child_ends:  # the child has its own copies now
@@ -136,6 +148,8 @@ class WorkerProcess:
         for parent_fd in (self.task_fd, self.result_fd, self.control_fd, self.log_fd):
             if parent_fd is not None:
                 os.set_blocking(parent_fd, False)
+        if self.fd_sock is not None:
+            self.fd_sock.setblocking(False)
 
     @property
     def parent_fds(self) -> Tuple[int, ...]:
@@ -191,6 +205,8 @@ class WorkerProcess:
                 os.close(fd)
             except OSError:
                 pass
+        if self.fd_sock is not None:
+            self.fd_sock.close()  # and with it any descriptor still in flight to us
         return exitcode
 
 

@@ -38,6 +38,8 @@ import struct
 from multiprocessing.reduction import ForkingPickler as _ForkingPickler
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Type, Union
 
+from . import _out_of_band as _oob
+
 # Workers import this module, so it imports only what every task needs. traceback and
 # safepool.errors (which pulls in concurrent.futures and logging) load when a task first
 # fails: that saved about 10 ms of every worker's start-up, a third of "create + first result".
@@ -91,17 +93,35 @@ class _Pickler(pickle.Pickler):
         return cls
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, out_of_band: bool = False) -> bytes:
     """Pickle as the stdlib's pool does: with multiprocessing's ForkingPickler's reductions,
     so that Connections, sockets and whatever is registered with ``ForkingPickler.register()``
-    (torch.multiprocessing's tensors, say) travel as they would with ProcessPoolExecutor."""
+    (torch.multiprocessing's tensors, say) travel as they would with ProcessPoolExecutor.
+
+    ``out_of_band``: the payload of a frame of its own (a task, a result, an exception), whose
+    big buffers may travel through memfds beside it (``_out_of_band``); never for bytes that
+    end up inside another pickle.
+    """
+    return dumps_with(_Pickler.fresh(), obj, out_of_band)
+
+
+def dumps_with(pickler: Callable[..., pickle.Pickler], obj: Any, out_of_band: bool) -> bytes:
     buf = io.BytesIO()
-    _Pickler.fresh()(buf, PROTOCOL).dump(obj)
-    # getvalue(), not ForkingPickler.dumps()'s getbuffer(): the bytes are the buffer itself
-    # (no copy), and no memoryview export outlives the call. A payload caught in a garbage
-    # cycle (a task, its future, a traceback) otherwise made the collector finalize the
-    # still-exported BytesIO: "Exception ignored ... BufferError: Existing exports of data".
-    return buf.getvalue()
+    if not (out_of_band and _oob.AVAILABLE):
+        pickler(buf, PROTOCOL).dump(obj)
+        # getvalue(), not ForkingPickler.dumps()'s getbuffer(): the bytes are the buffer
+        # itself (no copy), and no memoryview export outlives the call. A payload caught in
+        # a garbage cycle (a task, its future, a traceback) otherwise made the collector
+        # finalize the still-exported BytesIO: "Exception ignored ... BufferError".
+        return buf.getvalue()
+    collector = _oob.Collector()
+    pickler(buf, PROTOCOL, buffer_callback=collector).dump(_oob.lift_big_bytes(obj))
+    if not collector.views:
+        return buf.getvalue()
+    return _oob.pack(buf.getvalue(), collector.views, collector.forms)
+
+
+loads = _oob.loads
 
 
 def task_frame_header(task_id: int, payload: bytes) -> bytes:
@@ -190,14 +210,14 @@ def format_remote(exc: BaseException) -> str:
     return f'\n"""\n{tb}"""'
 
 
-def dump_exception(exc: BaseException, what: str) -> bytes:
+def dump_exception(exc: BaseException, what: str, out_of_band: bool = False) -> bytes:
     """Pickle an exception raised in the worker; if it cannot be pickled, pickle one that says so.
 
     ``what`` names where it came from ("fn raised", "the initializer raised") for the message.
     """
     tb = format_remote(exc)
     try:
-        return dumps(RemoteException(exc, tb))
+        return dumps(RemoteException(_lift_args(exc) if out_of_band else exc, tb), out_of_band)
     except BaseException as pickle_error:  # noqa: B036 - any failure here must still report
         from .errors import TaskPicklingError
 
@@ -208,6 +228,34 @@ def dump_exception(exc: BaseException, what: str) -> bytes:
             "arguments to super().__init__) or raise a builtin exception."
         )
         return pickle.dumps(RemoteException(substitute, tb), PROTOCOL)
+
+
+class _Reduced:
+    """Pickles as the reduce value it holds (an exception with its big bytes lifted)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Tuple[Any, ...]):
+        self.value = value
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return self.value
+
+
+def _lift_args(exc: BaseException) -> Any:
+    """An exception whose arguments hold big bytes pickles with them out of band. The
+    exception itself is left as it is (the task's code may still hold it)."""
+    if not _oob.AVAILABLE:
+        return exc
+    try:
+        value = exc.__reduce_ex__(PROTOCOL)
+        if isinstance(value, tuple) and len(value) >= 2:
+            lifted = _oob.lift_big_bytes(value[1])
+            if lifted is not value[1]:
+                return _Reduced((value[0], lifted, *value[2:]))
+    except Exception:  # an odd __reduce_ex__: pickle it as it is, and let pickle say
+        pass
+    return exc
 
 
 def _safe_str(exc: BaseException) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -26,8 +25,10 @@ from typing import (
 
 from . import _protocol as P
 from ._fd_hygiene import close_on_exec_all
+from ._out_of_band import Buffers, Packed, Received, declared_buffers, is_packed, recv_fds, send_fds
 
 if TYPE_CHECKING:
+    import socket
     from multiprocessing.connection import Connection
 
     #: A message to the parent: (kind, task id, payload, rss).
@@ -224,8 +225,13 @@ class _Inbox:
     and discarded when it arrives, so a revoke never waits for the main thread.
     """
 
-    def __init__(self, task_fd: int, result_fd: int, control_fd: int):
+    def __init__(self, task_fd: int, result_fd: int, control_fd: int,
+                 fds_fd: Optional[int] = None):
         self.task_fd = task_fd
+        # The socket for descriptors of big buffers (``_out_of_band``), both ways, in the
+        # order of the frames that name them; a socket object only once one is needed.
+        self.fds_fd = fds_fd
+        self._fd_sock: Optional[socket.socket] = None
         self.result_fd = result_fd
         self.control_fd = control_fd
         self.cond = threading.Condition(threading.Lock())
@@ -242,13 +248,20 @@ class _Inbox:
     def send(self, *messages: Tuple[int, int, bytes, int]) -> None:
         """Write messages of (kind, task id, payload, rss) in one go."""
         buffers: List[bytes] = []
+        fds: List[int] = []
         for kind, task_id, payload, rss in messages:
             buffers.append(P.FROM_WORKER.pack(len(payload), kind, task_id, rss))
             if len(payload):
                 buffers.append(payload)
+            if type(payload) is Packed:
+                fds.extend(payload.buffers.fds)
         if sum(len(b) for b in buffers) < 65536:
             buffers = [b"".join(buffers)]
         with self.send_lock:
+            if fds:
+                # Before the frame that names them: when the parent reads the frame, its
+                # descriptors are already in its socket.
+                send_fds(self.fd_sock, fds)
             P.write_all(self.result_fd, buffers)
 
     # -- the control thread --
@@ -313,6 +326,8 @@ class _Inbox:
                 stop = True
             elif kind == P.TASKS:
                 frames = list(P.iter_task_frames(body))
+        if self.fds_fd is not None:
+            frames = [self._with_buffers(frame) for frame in frames]
         with self.cond:
             for frame in frames:
                 number = self.received
@@ -323,6 +338,24 @@ class _Inbox:
                     self.queue.append(frame)
             if stop:
                 self.closed = True
+
+    def _with_buffers(self, frame: Tuple[int, Any]) -> Tuple[int, Any]:
+        """A task frame, with the descriptors its payload names (sent before the frame).
+        Taken for every frame, also one about to be dropped: they come in frame order."""
+        task_id, payload = frame
+        if not is_packed(payload):
+            return frame
+        count = declared_buffers(payload)
+        return task_id, Received(payload, Buffers(recv_fds(self.fd_sock, count)))
+
+    @property
+    def fd_sock(self) -> socket.socket:
+        if self._fd_sock is None:
+            import socket
+
+            # Blocking: a result's descriptors go out before its frame (see send()).
+            self._fd_sock = socket.socket(fileno=cast(int, self.fds_fd))
+        return self._fd_sock
 
     def next_task(self, done: Optional[_Message]) -> Optional[Tuple[int, memoryview]]:
         """Report ``done`` (a finished task's message, or None) and take the next task: say
@@ -373,7 +406,7 @@ def _run_one(task_id: int, payload: memoryview, measure_rss: bool, by_value: boo
     """Run one task; return the message that reports it."""
     global _in_user_code
     try:
-        fn, args, kwargs = pickle.loads(payload)
+        fn, args, kwargs = P.loads(payload)
     except BaseException as exc:  # noqa: B036 - a task that cannot be unpickled fails alone
         return (P.BAD_TASK, task_id, P.dump_exception(exc, "unpickling the task raised"), 0)
     del payload
@@ -386,7 +419,7 @@ def _run_one(task_id: int, payload: memoryview, measure_rss: bool, by_value: boo
         finally:
             _in_user_code = None
     except BaseException as exc:  # noqa: B036 - SystemExit too, as the stdlib does
-        kind, data = P.ERROR, P.dump_exception(exc, f"{_name(fn)} raised")
+        kind, data = P.ERROR, P.dump_exception(exc, f"{_name(fn)} raised", out_of_band=True)
     else:
         kind, data = _dump_result(fn, value, by_value)
         del value  # before the (maybe slow) send: memory is measured after it
@@ -402,7 +435,7 @@ def _logs_module() -> Any:
 
 def _dump_result(fn: Any, value: Any, by_value: bool) -> Tuple[int, bytes]:
     try:
-        return P.RESULT, P.dumps(value)
+        return P.RESULT, P.dumps(value, out_of_band=True)
     except BaseException as exc:  # noqa: B036 - the stdlib reports even SystemExit here
         if by_value and isinstance(exc, Exception):
             # A lambda, or an instance of a class the parent sent by value: cloudpickle.
@@ -444,7 +477,7 @@ def worker_main(task_conn: Connection, result_conn: Connection, lifeline_conn: C
                 control_conn: Connection, initializer: Optional[Callable[..., Any]],
                 initargs: Sequence[Any], measure_rss: bool, by_value: bool = True,
                 slot: int = 0, log_conn: Optional[Connection] = None,
-                log_level: Optional[int] = None) -> None:
+                log_level: Optional[int] = None, fd_conn: Optional[Connection] = None) -> None:
     """Entry point of a worker process (the target of ``multiprocessing.Process``)."""
     global _slot, _tasks_run
     reset_signals()
@@ -456,10 +489,13 @@ def worker_main(task_conn: Connection, result_conn: Connection, lifeline_conn: C
     log_fd = log_conn.fileno() if log_conn is not None else None
     if log_conn is not None:
         conns.append(log_conn)
+    fds_fd = fd_conn.fileno() if fd_conn is not None else None
+    if fd_conn is not None:
+        conns.append(fd_conn)
     for conn in conns:
         # The descriptor now belongs to us, not to the wrapper (the stdlib's private field).
         conn._handle = None  # type: ignore[attr-defined]
-    for conn_fd in (task_fd, result_fd, lifeline_fd, control_fd, log_fd):
+    for conn_fd in (task_fd, result_fd, lifeline_fd, control_fd, log_fd, fds_fd):
         # A program a task starts must not hold our pipes open after we are gone.
         if conn_fd is not None:
             os.set_inheritable(conn_fd, False)
@@ -473,7 +509,7 @@ def worker_main(task_conn: Connection, result_conn: Connection, lifeline_conn: C
     # After start-up, every descriptor above 2 is close-on-exec: a program a task runs
     # holds no pipe to the parent (nor the stdlib's forkserver and tracker pipes).
     close_on_exec_all()
-    inbox = _Inbox(task_fd, result_fd, control_fd)
+    inbox = _Inbox(task_fd, result_fd, control_fd, fds_fd)
     _slot = slot
     try:
         if initializer is not None and not _run_initializer(inbox, initializer, initargs):
