@@ -39,11 +39,13 @@ from . import _protocol as P
 from ._channel import Message, ProtocolError
 from ._ledger import Ledger, Task, TaskState
 from ._lifecycle import Worker, WorkerState
+from ._out_of_band import Packed
 from ._process import Starter, WorkerProcess, kill_tree
 from ._stats import CAUSES, PoolStats
 from .errors import (
     PoisonTaskError,
     TaskFaultError,
+    TaskPicklingError,
     TaskTimeoutError,
     TaskUnpicklingError,
     WorkerLostError,
@@ -515,8 +517,8 @@ class PoolManager:
             task = self.queue.popleft()
             # Marks the future RUNNING (so cancel() returns False, as in the stdlib's call
             # queue), unless the caller cancelled it while it was queued.
-            if task.claim():  # (a cancelled one was counted by SafeFuture.cancel)
-                batch.append(task)
+            if task.claim() and self._buffers_ready(task):
+                batch.append(task)  # (a cancelled one was counted by SafeFuture.cancel)
         if not batch:
             return
         for task in batch:
@@ -529,6 +531,25 @@ class PoolManager:
         self._watch_writes(w)
         if self.max_tasks_per_child is not None and w.assigned >= self.max_tasks_per_child:
             self._retire(w, "max_tasks_per_child reached", "recycle")
+
+    def _buffers_ready(self, task: Task) -> bool:
+        """A task whose big buffers were left for sending time (many memfds were open when
+        it was submitted) gets them written now; if that fails (no descriptor or memory
+        left), the task fails alone, with the reason."""
+        payload = task.payload
+        if type(payload) is not Packed or not payload.buffers.views:
+            return True
+        try:
+            payload.buffers.materialize()
+            return True
+        except OSError as exc:
+            err = TaskPicklingError(
+                f"could not put the big buffers of {task.name} into shared memory to send "
+                f"them: {exc}. Raise the open-file limit (ulimit -n) or the memory available, "
+                "or submit fewer big tasks at a time.")
+            err.__cause__ = exc
+            self.ledger.fail(task, err)
+            return False
 
     def _watch_writes(self, w: Worker) -> None:
         """Wait for a worker's pipe to be writable while bytes wait for it, and only then."""

@@ -27,6 +27,7 @@ import os
 import pickle
 import struct
 import sys
+import threading
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 if TYPE_CHECKING:
@@ -63,18 +64,57 @@ if AVAILABLE:
     _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 
 
+#: A payload's buffers are written into memfds at once (by the submitting thread) while fewer
+#: than this many memfds are open in this process; beyond, they are written when the task is
+#: sent (``Buffers.materialize``, by the manager thread). 1,000 queued tasks of 1 MiB held
+#: 1,000 descriptors (a common limit is 1,024 per process) and 1 GB of memfds.
+EAGER_MEMFDS = 64
+
+_live_lock = threading.Lock()
+_live = 0  # memfds open in this process (made here or received)
+
+
+def live_memfds() -> int:
+    return _live
+
+
+def _count(n: int) -> None:
+    global _live
+    with _live_lock:
+        _live += n
+
+
 class Buffers:
-    """The memfds of one payload. Closed when the last holder lets go (the task until it
-    settles, an outbox until they are sent): an explicit close could free a descriptor number
-    that a pending send still names."""
+    """The memfds of one payload, or the buffers still to be written into them (``views``).
 
-    __slots__ = ("fds",)
+    Closed when the last holder lets go (the task until it settles, an outbox until they are
+    sent): an explicit close could free a descriptor number that a pending send still names.
+    """
 
-    def __init__(self, fds: List[int]):
+    __slots__ = ("fds", "views")
+
+    def __init__(self, fds: List[int], views: Optional[List[memoryview]] = None):
         self.fds = fds
+        self.views = views or []  # not written yet: see materialize()
+        if fds:
+            _count(len(fds))
+
+    def materialize(self) -> None:
+        """Write the buffers not written yet into memfds (raises OSError: EMFILE, ENOMEM)."""
+        views, self.views = self.views, []
+        try:
+            while views:
+                self.fds.append(_memfd_with(views[0]))
+                _count(1)
+                views.pop(0)
+        finally:
+            self.views = views  # what is left, if one failed
 
     def close(self) -> None:
         fds, self.fds = self.fds, []
+        self.views = []
+        if fds:
+            _count(-len(fds))
         for fd in fds:
             try:
                 os.close(fd)
@@ -113,11 +153,11 @@ class Received:
         pos = HEADER.size
         entries = list(ENTRY.iter_unpack(data[pos:pos + ENTRY.size * count]))
         pos += ENTRY.size * count
-        fds, self.buffers.fds = self.buffers.fds, []
         try:
-            buffers = [_deliver(fd, size, form) for fd, (size, form) in zip(fds, entries)]
+            buffers = [_deliver(fd, size, form)
+                       for fd, (size, form) in zip(self.buffers.fds, entries)]
         finally:
-            Buffers(fds).close()
+            self.buffers.close()  # the mappings keep what they map
         return pickle.loads(data[pos:], buffers=buffers)
 
 
@@ -168,11 +208,11 @@ class Collector:
 
 
 def pack(stream: bytes, views: Sequence[memoryview], forms: Sequence[int]) -> Packed:
-    """Write each buffer into a sealed memfd; the payload that names them."""
-    fds: List[int] = []
-    buffers = Buffers(fds)  # closes them if anything below fails
-    for view in views:
-        fds.append(_memfd_with(view))
+    """The payload that names these buffers; each is written into a sealed memfd now, or, if
+    many memfds are open already, when the task is sent (``Buffers.materialize``)."""
+    buffers = Buffers([], list(views))  # closes what it made if anything below fails
+    if _live + len(views) <= EAGER_MEMFDS:
+        buffers.materialize()
     header = HEADER.pack(MAGIC, len(views)) + b"".join(
         ENTRY.pack(v.nbytes, form) for v, form in zip(views, forms))
     packed = Packed(header + stream)

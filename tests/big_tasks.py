@@ -83,3 +83,12 @@ def die_first_time(path, a):
         open(path, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
     return float(a.sum())
+
+
+def wait_for_file(path, limit=60.0):
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

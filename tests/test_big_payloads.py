@@ -195,6 +195,50 @@ def test_without_memfds_everything_travels_in_band(monkeypatch):
     assert np.array_equal(P.loads(payload)[1][0], np.ones(BIG // 8))
 
 
+def test_queued_tasks_hold_few_descriptors(tmp_path, clean_process):
+    """Tasks queued behind busy workers do not each hold a memfd (and a descriptor: 1,024 is
+    a common limit): beyond EAGER_MEMFDS open ones, buffers are written when sent."""
+    a = np.arange(BIG // 8, dtype=np.float64)
+    with SafeProcessPoolExecutor(1) as ex:
+        gate = tmp_path / "go"
+        blocker = ex.submit(big_tasks.wait_for_file, str(gate))
+        futures = [ex.submit(big_tasks.describe, a) for _ in range(300)]
+        held = len([t for where, t in memfds_of(os.getpid()) if where == "fd"])
+        assert held <= 70, held  # EAGER_MEMFDS (64), and what is on its way
+        gate.touch()
+        assert blocker.result(timeout=60) is True
+        results = [f.result(timeout=60) for f in futures]
+    assert all(r["sum"] == float(a.sum()) and r["backing"] == "memfd" for r in results)
+    gc.collect()
+    assert memfds_of(os.getpid()) == []
+
+
+def test_a_buffer_that_cannot_be_written_at_sending_time_fails_its_task_alone(
+        monkeypatch, clean_process):
+    monkeypatch.setattr(oob, "EAGER_MEMFDS", 0)  # every buffer is written when sent
+    real = oob._memfd_with
+    calls = {"n": 0}
+
+    def flaky(view):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(24, "Too many open files")
+        return real(view)
+
+    monkeypatch.setattr(oob, "_memfd_with", flaky)
+    a = np.ones(BIG // 8)
+    with SafeProcessPoolExecutor(1) as ex:
+        futures = [ex.submit(big_tasks.describe, a) for _ in range(3)]
+        outcomes = []
+        for f in futures:
+            try:
+                outcomes.append(f.result(timeout=60)["sum"])
+            except pickle.PicklingError as exc:
+                assert "ulimit -n" in str(exc) and isinstance(exc.__cause__, OSError)
+                outcomes.append("failed")
+    assert outcomes == [a.size, "failed", a.size]
+
+
 # ---- nothing leaks ---------------------------------------------------------------------------
 
 def test_thousands_of_transfers_leave_no_descriptor_or_mapping(clean_process):
