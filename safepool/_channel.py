@@ -89,6 +89,11 @@ class Channel:
         self.eof = False
 
     @property
+    def fds_fd(self) -> Optional[int]:
+        """The descriptor socket's number, which the manager may poll for writing."""
+        return None if self.fds is None else self.fds.fd
+
+    @property
     def outboxes(self) -> Tuple[Union[Outbox, _oob.FdOutbox], ...]:
         if self.fds is None:
             return (self.tasks, self.control)

@@ -529,6 +529,8 @@ class PoolManager:
         w.assigned += len(batch)
         w.channel.write_tasks(batch)
         self._watch_writes(w)
+        if w.fault is not None:
+            return  # faulted (its descriptors could not be passed): it is being killed
         if self.max_tasks_per_child is not None and w.assigned >= self.max_tasks_per_child:
             self._retire(w, "max_tasks_per_child reached", "recycle")
 
@@ -553,6 +555,13 @@ class PoolManager:
 
     def _watch_writes(self, w: Worker) -> None:
         """Wait for a worker's pipe to be writable while bytes wait for it, and only then."""
+        fds = w.channel.fds
+        if fds is not None and fds.failed is not None and w.fault is None:
+            # Descriptors the worker waits for could not be sent (ETOOMANYREFS, say): it
+            # would wait forever for them. Like a corrupt frame, this costs that worker.
+            self._channel_fault(w, ProtocolError(
+                f"the descriptors of a big buffer could not be passed: {fds.failed!r}"))
+            return
         for outbox in w.channel.outboxes:
             key = self.selector.get_map().get(outbox.fd)
             if outbox.wants_write and key is None:
@@ -705,7 +714,7 @@ class PoolManager:
         if w.logs is not None and not w.logs.eof:
             self._read_logs(w)  # its last records, before its pipes close
         for fd in (w.proc.result_fd, w.proc.sentinel, w.proc.task_fd, w.proc.control_fd,
-                   w.proc.log_fd):
+                   w.proc.log_fd, w.channel.fds_fd):
             if fd is not None and fd in self.selector.get_map():
                 self.selector.unregister(fd)
         kill_tree(w.descendants)
@@ -809,7 +818,8 @@ class PoolManager:
                 f"parent failed: {exc!r}. The worker was killed and replaced.")
             err.__cause__ = exc
             self.ledger.fail(w.running, err)
-        for fd in (w.proc.result_fd, w.proc.task_fd, w.proc.control_fd, w.proc.log_fd):
+        for fd in (w.proc.result_fd, w.proc.task_fd, w.proc.control_fd, w.proc.log_fd,
+                   w.channel.fds_fd):
             if fd is not None and fd in self.selector.get_map():
                 self.selector.unregister(fd)
         w.kill("crash")

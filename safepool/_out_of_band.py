@@ -23,6 +23,7 @@ how many descriptors go with it and each one's size: the receiver is told, it do
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import struct
@@ -415,6 +416,7 @@ class FdOutbox:
         # (the Buffers that keeps them open, one message's descriptors)
         self.out: List[Tuple[Buffers, List[int]]] = []
         self.closed = False
+        self.failed: Optional[BaseException] = None  # a send failed with the worker alive
 
     def write(self, buffers: Buffers) -> None:
         if self.closed:
@@ -433,9 +435,12 @@ class FdOutbox:
                 self.out.pop(0)
         except BlockingIOError:
             pass
-        except OSError:
-            self.out.clear()  # the worker is gone; its exit settles its tasks
+        except OSError as exc:
+            self.out.clear()
             self.closed = True
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.failed = exc  # not a dead worker's socket: the manager faults it
+            # else: the worker is gone; its exit settles its tasks
 
     @property
     def wants_write(self) -> bool:

@@ -239,6 +239,32 @@ def test_a_buffer_that_cannot_be_written_at_sending_time_fails_its_task_alone(
     assert outcomes == [a.size, "failed", a.size]
 
 
+def test_descriptors_that_cannot_be_passed_cost_that_worker_only(monkeypatch, clean_process):
+    """A worker that read a frame waits for its descriptors: if the parent cannot pass them
+    (ETOOMANYREFS, say), the worker is faulted and replaced, its task fails, nothing hangs."""
+    import errno
+
+    from safepool.errors import TaskFaultError
+
+    real = oob.send_fds
+    calls = {"n": 0}
+
+    def refuse_once(sock, fds):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.ETOOMANYREFS, "Too many references")
+        return real(sock, fds)
+
+    monkeypatch.setattr(oob, "send_fds", refuse_once)
+    a = np.ones(BIG // 8)
+    with SafeProcessPoolExecutor(1) as ex:
+        assert ex.submit(big_tasks.ident, 1).result(timeout=60) == 1
+        with pytest.raises(TaskFaultError, match="descriptors"):
+            ex.submit(big_tasks.describe, a).result(timeout=60)
+        assert ex.submit(big_tasks.describe, a).result(timeout=60)["sum"] == a.size
+        assert ex.stats().workers_replaced["crash"] == 1
+
+
 # ---- nothing leaks ---------------------------------------------------------------------------
 
 def test_thousands_of_transfers_leave_no_descriptor_or_mapping(clean_process):
