@@ -181,6 +181,11 @@ class SafeProcessPoolExecutor(Executor):
         cloudpickle_fallback: send what plain pickle cannot (a lambda, a closure, what
             ``__main__`` defines under ``python -c``, ``python -`` or a notebook) with
             cloudpickle, by value; False: plain pickle only, as the stdlib.
+        spare_workers: keep this many extra workers started and initialized, idle and
+            outside ``max_workers``, so that a lost worker (crash, timeout, cancelled running
+            task, recycling) is replaced at once instead of after a process start; a new
+            spare is started in the background. Default 0: exactly the processes the stdlib
+            would run. Each spare costs one worker's memory (see docs/recycling.rst).
 
     Example::
 
@@ -203,7 +208,8 @@ class SafeProcessPoolExecutor(Executor):
                  cloudpickle_fallback: bool = True,
                  retries: int = 0,
                  soft_timeout: Optional[float] = None,
-                 forward_logs: bool = True) -> None:
+                 forward_logs: bool = True,
+                 spare_workers: int = 0) -> None:
         if max_workers is None:
             max_workers = default_max_workers()
         elif max_workers <= 0:
@@ -216,6 +222,9 @@ class SafeProcessPoolExecutor(Executor):
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
         _check_retries(retries)
+        if not isinstance(spare_workers, int) or isinstance(spare_workers, bool) \
+                or spare_workers < 0:
+            raise ValueError(f"spare_workers must be an integer >= 0, not {spare_workers!r}")
         _check_positive("task_timeout", task_timeout)
         _check_positive("soft_timeout", soft_timeout)
         _check_positive("max_worker_lifetime", max_worker_lifetime)
@@ -238,7 +247,7 @@ class SafeProcessPoolExecutor(Executor):
             max_tasks_per_child=max_tasks_per_child, task_timeout=task_timeout,
             max_worker_lifetime=max_worker_lifetime, max_worker_memory=max_worker_memory,
             cancel_running=cancel_running, cloudpickle_fallback=cloudpickle_fallback,
-            forward_logs=forward_logs)
+            forward_logs=forward_logs, spare_workers=spare_workers)
         self._manager_weakref = weakref.ref(self._manager)  # one for all its futures
         # Dropping the executor without shutdown() still stops and reaps its workers.
         weakref.finalize(self, self._manager.request, "shutdown").atexit = False

@@ -64,18 +64,28 @@ class Worker:
         self.lost_reason: Optional[str] = None  # what to tell a task stopped with it
         self.abandoned = False  # the pool broke and failed its tasks; its messages are moot
         self.logs: Optional[LogReader] = None  # its log pipe's reader (forward_logs)
+        # A warm spare (spare_workers=): started and initialized, sent no task, outside
+        # max_workers, until a lost worker's place is given to it (promoted: spare = False).
+        self.spare = False
 
     @property
     def serving(self) -> bool:
-        return self.state == WorkerState.SERVING
+        return self.state == WorkerState.SERVING and not self.spare
 
     @property
     def idle(self) -> bool:
-        return self.state == WorkerState.SERVING and self.running is None and not self.sent
+        return (self.state == WorkerState.SERVING and self.running is None and not self.sent
+                and not self.spare)
+
+    @property
+    def serving_spare(self) -> bool:
+        """A spare ready to take a lost worker's place."""
+        return self.spare and self.state == WorkerState.SERVING
 
     @property
     def holds_slot(self) -> bool:
-        return self.state < WorkerState.TERMINATING
+        """Counts against max_workers (a spare does not, until promoted)."""
+        return self.state < WorkerState.TERMINATING and not self.spare
 
     def backlog(self) -> List[Task]:
         """What waits here behind another task: sent, not started, not already being taken

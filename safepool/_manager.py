@@ -78,6 +78,7 @@ START_BOUND = 60.0
 
 _COUNT_KEYS = ("started", "completed", "failed", "cancelled", "late", "submitted", "revoked",
                "retried", "poison", "soft_timeouts", "logs_forwarded", "logs_dropped",
+               "spares_used",
                *("replaced_" + c for c in CAUSES))
 
 
@@ -90,8 +91,9 @@ class PoolManager:
                  max_tasks_per_child: Optional[int], task_timeout: Optional[float],
                  max_worker_lifetime: Optional[float], max_worker_memory: Optional[int],
                  cancel_running: bool = False, cloudpickle_fallback: bool = True,
-                 forward_logs: bool = True):
+                 forward_logs: bool = True, spare_workers: int = 0):
         self.ctx = ctx
+        self.spare_workers = spare_workers
         self.max_workers = max_workers
         self.initializer = initializer
         self.initargs = initargs
@@ -120,6 +122,7 @@ class PoolManager:
         self.workers: Dict[int, Worker] = {}
         self.starting = 0
         self.starting_slots: Set[int] = set()
+        self.spare_slots: Set[int] = set()  # slots of spares being started
         self.last_spawn_at = 0.0
         self.shutting_down = False
         self.aborting: Optional[str] = None
@@ -129,7 +132,7 @@ class PoolManager:
         self.counts = dict.fromkeys(_COUNT_KEYS, 0)
         self.ledger = Ledger(self.counts)
         # workers alive, workers busy, tasks on workers: published
-        self.gauges: Tuple[int, int, Tuple[Task, ...]] = (0, 0, ())
+        self.gauges: Tuple[int, int, Tuple[Task, ...], int] = (0, 0, (), 0)
         self._next_liveness_check = 0.0
         self._nearest: Optional[float] = None
 
@@ -203,7 +206,7 @@ class PoolManager:
         c = dict(self.counts)
         for key in list(self.caller_events):
             c[key] += 1
-        alive, busy, active = self.gauges
+        alive, busy, active, spares_ready = self.gauges
         # Read-only copies of the manager's queues (each one C-level copy under the GIL); a
         # task's state and future are read as they are now, so that a published list that is
         # a moment old counts no task twice.
@@ -226,6 +229,8 @@ class PoolManager:
             soft_timeouts=c["soft_timeouts"],
             log_records_forwarded=c["logs_forwarded"],
             log_records_dropped=c["logs_dropped"],
+            spare_workers_ready=spares_ready,
+            spares_used=c["spares_used"],
         )
 
     def after_fork_in_child(self) -> None:
@@ -368,8 +373,10 @@ class PoolManager:
             if w.running is not None:
                 active.append(w.running)
             active.extend(w.sent)
-        self.gauges = (len(workers), sum(1 for w in workers if w.running is not None or w.sent),
-                       tuple(active))
+        spares = sum(1 for w in workers if w.spare)
+        self.gauges = (len(workers) - spares,
+                       sum(1 for w in workers if w.running is not None or w.sent),
+                       tuple(active), sum(1 for w in workers if w.spare and w.serving_spare))
 
     # ---- starting workers ------------------------------------------------------------------
 
@@ -382,12 +389,15 @@ class PoolManager:
                          error: Optional[BaseException], slot: int) -> None:
         self.starting -= 1
         self.starting_slots.discard(slot)
+        spare = slot in self.spare_slots
+        self.spare_slots.discard(slot)
         if proc is None:
             log.warning("safepool could not start a worker: %r", error)
             self.next_spawn_at = time.monotonic() + SPAWN_RETRY
             self._startup_failed(error, f"starting a worker failed: {error!r}")
             return
         w = Worker(proc, time.monotonic())
+        w.spare = spare
         self.workers[w.pid] = w
         self.selector.register(proc.result_fd, selectors.EVENT_READ, ("read", w))
         self.selector.register(proc.sentinel, selectors.EVENT_READ, ("exit", w))
@@ -404,19 +414,50 @@ class PoolManager:
     def _can_spawn(self) -> bool:
         live = sum(1 for w in self.workers.values() if w.holds_slot)
         return (self.broken is None and self.aborting is None
-                and live + self.starting < self.max_workers
+                and live + self.starting - len(self.spare_slots) < self.max_workers
                 and time.monotonic() >= self.next_spawn_at)
 
-    def _spawn(self) -> None:
-        # The lowest slot no live worker holds: a replacement takes the slot of the worker it
-        # replaces (safepool.current_worker().slot), so per-slot resources stay in range.
-        held = {w.slot for w in self.workers.values() if w.holds_slot} | self.starting_slots
-        slot = min(set(range(self.max_workers)) - held)
+    def _spawn(self, spare: bool = False) -> None:
+        # The lowest slot no live process holds: a replacement takes the slot of the worker
+        # it replaces (safepool.current_worker().slot), so per-slot resources stay in range
+        # (range(max_workers + spare_workers): a spare holds a slot of its own).
+        held = {w.slot for w in self.workers.values() if w.state < WorkerState.TERMINATING}
+        held |= self.starting_slots
+        slot = min(set(range(self.max_workers + self.spare_workers)) - held)
         self.starting += 1
         self.last_spawn_at = time.monotonic()
         self.starting_slots.add(slot)
+        if spare:
+            self.spare_slots.add(slot)
         assert self.starter is not None  # set before the loop starts
         self.starter.start_one(slot)
+
+    def _promote_spare(self) -> bool:
+        """Give a lost worker's place to a ready spare: it takes tasks now, with no start on
+        the critical path (issue 15); a new spare is started in the background."""
+        live = sum(1 for w in self.workers.values() if w.holds_slot)
+        if live + self.starting - len(self.spare_slots) >= self.max_workers:
+            return False
+        for w in self.workers.values():
+            if w.spare and w.state == WorkerState.SERVING:
+                w.spare = False
+                self.counts["spares_used"] += 1
+                log.debug("spare worker pid %d takes a worker's place", w.pid)
+                return True
+        return False
+
+    def _top_up_spares(self) -> None:
+        """Keep spare_workers spares started, once the pool has started a worker, while it
+        serves (not while it shuts down, aborts or is broken, nor faster than failed starts
+        are retried: a failing initializer counts towards the crash-loop limit either way)."""
+        if (not self.spare_workers or self.shutting_down or self.broken is not None
+                or self.aborting is not None or self.counts["started"] == 0
+                or time.monotonic() < self.next_spawn_at):
+            return
+        spares = sum(1 for w in self.workers.values()
+                     if w.spare and w.state < WorkerState.RETIRING)
+        for _ in range(self.spare_workers - spares - len(self.spare_slots)):
+            self._spawn(spare=True)
 
     # ---- dispatching -----------------------------------------------------------------------
 
@@ -434,8 +475,14 @@ class PoolManager:
             # long one waited for it.
             waiting = len(self.queue) + sum(len(w.backlog()) for w in self.workers.values()
                                             if w.running is not None)
-            waiting -= self.starting + len(idle) + sum(
-                1 for w in self.workers.values() if w.state == WorkerState.STARTING)
+            waiting -= self.starting - len(self.spare_slots) + len(idle) + sum(
+                1 for w in self.workers.values()
+                if w.state == WorkerState.STARTING and not w.spare)
+            while waiting > 0 and self._promote_spare():
+                waiting -= 1
+                idle = [w for w in self.workers.values() if w.idle]
+                while self.queue and idle:
+                    self._send_batch(idle.pop())
             while waiting > 0 and self._can_spawn():
                 self._spawn()
                 waiting -= 1
@@ -449,6 +496,7 @@ class PoolManager:
                 self._send_batch(w)
         elif idle:
             self._steal(idle)
+        self._top_up_spares()
 
     def _pipeline_worker(self) -> Optional[Worker]:
         """A busy worker that may take a task behind its running one, so that it starts the
@@ -458,13 +506,13 @@ class PoolManager:
         stuck behind a long task. Never with cancel_running, so that a cancelled task is
         always one that runs. Never while a worker is starting: it will be idle in a moment,
         and a task queued behind a busy worker then would start after newer ones."""
-        if self.cancel_running or self.starting:
+        if self.cancel_running or self.starting > len(self.spare_slots):
             return None
         short = self.avg_task_time is not None and self.avg_task_time <= PIPELINE_BELOW
         refill = PIPELINE_REFILL if short else 0
         best = None
         for w in self.workers.values():
-            if w.state == WorkerState.STARTING:
+            if w.state == WorkerState.STARTING and not w.spare:
                 return None
             if w.serving and len(w.sent) <= refill:
                 if best is None or len(w.sent) < len(best.sent):
@@ -857,7 +905,7 @@ class PoolManager:
         log.info("cancelling %s: stopping worker pid %d", task.name, w.pid)
         task.state = TaskState.DONE
         w.terminate("cancel")
-        if self._can_spawn() and self.queue:
+        if self.queue and not self._promote_spare() and self._can_spawn():
             self._spawn()
 
     # ---- cancelling, withdrawing, aborting, breaking ---------------------------------------

@@ -24,6 +24,8 @@ class PoolStats:
     counts tasks told to stop by ``SoftTimeoutError`` (``soft_timeout``).
     ``log_records_forwarded`` counts workers' log records re-emitted here (``forward_logs``);
     ``log_records_dropped``, those a worker dropped because this process read too slowly.
+    ``spare_workers_ready`` is how many warm spares wait (``spare_workers``; they are not in
+    ``workers_alive``); ``spares_used``, how many took a lost worker's place.
     """
 
     workers_alive: int = 0
@@ -42,6 +44,8 @@ class PoolStats:
     soft_timeouts: int = 0
     log_records_forwarded: int = 0
     log_records_dropped: int = 0
+    spare_workers_ready: int = 0
+    spares_used: int = 0
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())

@@ -92,3 +92,10 @@ def wait_for_file(path, limit=60.0):
             return False
         time.sleep(0.01)
     return True
+
+
+def mark_and_wait(directory, path, limit=60.0):
+    """Say this worker started a task (a file named by its pid), wait for ``path``; the pid."""
+    open(os.path.join(directory, str(os.getpid())), "a").close()
+    wait_for_file(path, limit)
+    return os.getpid()
