@@ -6,13 +6,13 @@ import os
 import signal
 from concurrent.futures.process import BrokenProcessPool
 
+import big_tasks
 import core_tasks
 import psutil
 import pytest
 import tasks
 from conftest import wait_until
 
-import big_tasks
 from safepool import SafeProcessPoolExecutor, WorkerLostError
 
 pytestmark = pytest.mark.timeout(120)
