@@ -268,6 +268,10 @@ def test_interpreter_exit_without_shutdown_reaps_workers(tmp_path, start_method)
 
 KEYBOARD_INTERRUPT = r'''
 if __name__ == "__main__":
+    # Python raises KeyboardInterrupt only if SIGINT was not ignored when it started, and a
+    # test run started in the background by sh (`cmd &`) ignores it: ask for Ctrl-C here.
+    import signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     method, out_dir, how = sys.argv[1:]
     ctx = multiprocessing.get_context(method)
     futures = []
