@@ -164,3 +164,20 @@ def test_a_lost_task_is_not_retried_on_the_spare_unless_asked(clean_process):
         with pytest.raises(WorkerLostError):
             ex.submit(core_tasks.die).result(timeout=60)
         assert ex.submit(core_tasks.noop, 2).result(timeout=60) == 2
+
+
+@pytest.mark.parametrize("how", ["recycled", "killed"])
+def test_a_lost_worker_is_replaced_before_the_next_task_arrives(how, clean_process):
+    """Waiting for work before starting a replacement put a process start between the caller
+    and the next result after every loss (the stdlib restarts a recycled worker at once)."""
+    kwargs = {"max_tasks_per_child": 1} if how == "recycled" else {}
+    with SafeProcessPoolExecutor(1, **kwargs) as ex:
+        first = ex.submit(os.getpid).result(timeout=60)
+        if how == "killed":
+            os.kill(first, signal.SIGKILL)
+        # No task is submitted: the replacement starts by itself.
+        wait_until(lambda: ex.stats().workers_started == 2 and ex.stats().workers_alive == 1
+                   and ex.stats().workers_busy == 0, 30, message="a replacement, unasked")
+        (replacement,) = wait_until(lambda: pool_pids(ex) - {first} or None, 30,
+                                    message="the replacement's process")
+        assert ex.submit(os.getpid).result(timeout=60) == replacement
