@@ -22,6 +22,7 @@ from typing import (
     Iterator,
     Literal,
     Optional,
+    Sequence,
     Tuple,
     Type,
     TypeVar,
@@ -32,6 +33,8 @@ from . import _by_value, _map
 from ._future import CancelNowFuture
 from ._ledger import Task, task_name
 from ._manager import PoolManager
+from ._preload import PreloadingInitializer, check_modules
+from ._preload import arrange as arrange_preload
 from ._process import resolve_context
 from ._stats import PoolStats
 from .errors import pickling_error
@@ -186,6 +189,12 @@ class SafeProcessPoolExecutor(Executor):
             task, recycling) is replaced at once instead of after a process start; a new
             spare is started in the background. Default 0: exactly the processes the stdlib
             would run. Each spare costs one worker's memory (see docs/recycling.rst).
+        preload: module names (e.g. ``["numpy"]``) that every worker needs. Under
+            forkserver they are imported once, in the fork server, when this is the first
+            pool or process to start it; each worker then starts with them at no cost (as
+            :func:`multiprocessing.set_forkserver_preload`). Otherwise each worker imports
+            them before ``initializer``. A module that cannot be imported fails the worker's
+            start as a failing initializer does. See docs/recycling.rst.
 
     Example::
 
@@ -209,7 +218,8 @@ class SafeProcessPoolExecutor(Executor):
                  retries: int = 0,
                  soft_timeout: Optional[float] = None,
                  forward_logs: bool = True,
-                 spare_workers: int = 0) -> None:
+                 spare_workers: int = 0,
+                 preload: Sequence[str] = ()) -> None:
         if max_workers is None:
             max_workers = default_max_workers()
         elif max_workers <= 0:
@@ -229,7 +239,12 @@ class SafeProcessPoolExecutor(Executor):
         _check_positive("soft_timeout", soft_timeout)
         _check_positive("max_worker_lifetime", max_worker_lifetime)
         _check_positive("max_worker_memory", max_worker_memory)
+        preload = check_modules(preload)
         ctx = resolve_context(mp_context)
+        # Before any worker starts: the fork server imports these once (issue 15).
+        arrange_preload(ctx, preload)
+        if preload:
+            initializer = PreloadingInitializer(preload, initializer)
 
         self._max_workers = max_workers
         self._mp_context = ctx

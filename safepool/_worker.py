@@ -45,6 +45,9 @@ class WorkerInfo(NamedTuple):
 
 _slot: Optional[int] = None  # set in a worker process only
 _tasks_run = 0
+#: The process that imported this module: the fork server's pid when it preloaded it for
+#: every worker to inherit (safepool._preload), else the worker's own.
+IMPORTED_IN = os.getpid()
 
 #: The task whose user code runs now (None between tasks, and while safepool's own code runs),
 #: and the one a SOFT_TIMEOUT asked to interrupt. Both are read by the signal handler, which
