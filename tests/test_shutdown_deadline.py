@@ -77,11 +77,13 @@ def test_shutdown_timeout_settles_queued_tasks_too(clean_process, tmp_path):
 @pytest.mark.timeout(60)
 def test_shutdown_returns_when_no_worker_is_alive(clean_process):
     """After the last worker was recycled (or stopped for a timeout or a cancel) with no work
-    left, the pool has no worker at all: shutdown() must still return at once."""
+    left, the pool has no worker but its replacement, which may still be starting:
+    shutdown() must still return at once."""
     ex = SafeProcessPoolExecutor(1, max_tasks_per_child=1)
     try:
         ex.submit(tasks.getpid).result(timeout=20)
-        wait_until(lambda: ex.stats().workers_alive == 0, 20, message="the worker to retire")
+        wait_until(lambda: ex.stats().workers_replaced["recycle"] == 1, 20,
+                   message="the worker to retire")
         t0 = time.monotonic()
         finished = ex.shutdown(wait=True, timeout=5)
         assert finished is True, f"shutdown() hung for {time.monotonic() - t0:.1f}s"
@@ -96,7 +98,8 @@ def test_shutdown_returns_after_a_timeout_left_no_worker(clean_process, tmp_path
     try:
         f = ex.schedule(tasks.park, (str(tmp_path / "pid"),), timeout=0.3)
         assert isinstance(f.exception(timeout=20), TaskTimeoutError)
-        wait_until(lambda: ex.stats().workers_alive == 0, 20, message="the worker to be reaped")
+        wait_until(lambda: ex.stats().workers_replaced["timeout"] == 1, 20,
+                   message="the worker to be reaped")
         t0 = time.monotonic()
         finished = ex.shutdown(wait=True, timeout=5)
         assert finished is True, f"shutdown() hung for {time.monotonic() - t0:.1f}s"
