@@ -1,5 +1,6 @@
 """An asyncio service under tight timeouts: how many calls finish in time, and how late the
-event loop gets, with the stdlib's pool and with safepool (with and without cancel_running).
+event loop gets, with the stdlib's pool and with safepool (with and without cancel_running, and with
+cancel_running and one warm spare).
 
     python benchmarks/asyncio_timeouts.py [--calls 600] [--in-flight 4] [--budget 0.05]
                                           [--repeat 3] [--json FILE]
@@ -39,7 +40,9 @@ def make(name):
         return concurrent.futures.ProcessPoolExecutor(2)
     import safepool
 
-    return safepool.SafeProcessPoolExecutor(2, cancel_running=(name == "safepool-cancel"))
+    return safepool.SafeProcessPoolExecutor(
+        2, cancel_running=name.startswith("safepool-cancel"),
+        spare_workers=1 if name.endswith("-spare") else 0)
 
 
 async def ticker(stop, lags):
@@ -100,24 +103,24 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    names = ["stdlib", "safepool", "safepool-cancel"]
+    names = ["stdlib", "safepool", "safepool-cancel", "safepool-cancel-spare"]
     runs = {n: [] for n in names}
     for r in range(args.repeat):
-        for name in names[r % 3:] + names[:r % 3]:  # rotate the order per repeat
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order per repeat
             result = asyncio.run(measure(name, args.calls, args.in_flight, args.budget))
             runs[name].append(result)
-            print(f"[{r + 1}/{args.repeat}] {name:16} in time {result['in_time']:4}"
+            print(f"[{r + 1}/{args.repeat}] {name:22} in time {result['in_time']:4}"
                   f"/{args.calls}  worst lag {result['worst_lag_ms']:7.2f} ms"
                   f"  wall {result['wall_s']:.2f} s", flush=True)
     print(f"\nmedians over {args.repeat} runs ({args.calls} calls, {args.in_flight} in flight,"
           f" budget {args.budget * 1e3:g} ms, pool of 2):")
-    print(f"{'executor':16} {'in time':>8} {'worst lag':>10} {'wall':>7}")
+    print(f"{'executor':22} {'in time':>8} {'worst lag':>10} {'wall':>7}")
     summary = {}
     for name in names:
         med = {k: statistics.median(x[k] for x in runs[name])
                for k in ("in_time", "worst_lag_ms", "wall_s")}
         summary[name] = med
-        print(f"{name:16} {med['in_time']:8.0f} {med['worst_lag_ms']:8.2f}ms"
+        print(f"{name:22} {med['in_time']:8.0f} {med['worst_lag_ms']:8.2f}ms"
               f" {med['wall_s']:6.2f}s")
     if args.json:
         with open(args.json, "w") as f:

@@ -54,9 +54,11 @@ class PoolMachine(RuleBasedStateMachine):
         self.maps = []
         self.ex = None
 
-    @initialize(workers=st.integers(1, 3), cancel_running=st.booleans())
-    def start(self, workers, cancel_running):
-        self.ex = SafeProcessPoolExecutor(workers, cancel_running=cancel_running)
+    @initialize(workers=st.integers(1, 3), cancel_running=st.booleans(),
+                spare_workers=st.sampled_from([0, 0, 1, 2]))
+    def start(self, workers, cancel_running, spare_workers):
+        self.ex = SafeProcessPoolExecutor(workers, cancel_running=cancel_running,
+                                          spare_workers=spare_workers)
 
     def _tag(self):
         self.next_tag += 1
