@@ -30,6 +30,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
+from ._preload import passing_names
+
 log = logging.getLogger("safepool")
 
 CVE = "CVE-2022-42919"
@@ -81,7 +83,8 @@ def ensure_safe_forkserver(ctx: Any) -> None:
                 raise _insists_on_abstract(_would_bind())
             log.warning("safepool: %s (%s: the stdlib would have listened where any local "
                         "user can connect)", _mitigation, CVE)
-        server.ensure_running()
+        with passing_names():
+            server.ensure_running()
         address = getattr(server, "_forkserver_address", None)
         if not is_abstract(address):
             return
@@ -105,7 +108,8 @@ def _restart_privately(server: Any, address: Any) -> None:
     _disable_abstract_sockets(f"then restarted the forkserver (pid {pid}) that listened on "
                               f"{describe(address)}")
     _stop(server)
-    server.ensure_running()
+    with passing_names():
+        server.ensure_running()
     if is_abstract(server._forkserver_address):
         error = _insists_on_abstract(server._forkserver_address)
         _stop(server)  # never leave it listening there

@@ -2,25 +2,38 @@
 
 A worker started through the forkserver is a fork of it: whatever the forkserver imported, the
 worker has at no cost. So before the stdlib's forkserver starts, :func:`arrange` adds to its
-preload list safepool's worker module (what every worker imports, ~10 ms) and the modules a
-user names with ``preload=`` (``numpy`` costs ~100 ms per worker otherwise).
+preload list one safepool module, :mod:`safepool._forkserver_preload`, which imports
+safepool's worker module (what every worker imports, ~10 ms) and the modules a user names
+with ``preload=`` (``numpy`` costs ~100 ms per worker otherwise). The user's names reach it
+through an environment variable that :func:`passing_names` sets only while safepool starts
+the server: they never go in the stdlib's list itself, whose imports may raise nothing but
+ImportError without killing the server that every pool in the process shares.
 
 The forkserver is one per process, shared with the stdlib and every other pool, and its
 preload list is read once, when it starts. A pool created after it started cannot add to it:
-its modules are then imported by each worker at start-up, exactly as without ``preload``. The
-stdlib forkserver also ignores a preload that fails to import; so each worker imports the
-``preload`` modules again before its initializer (a no-op when preloaded), and a module that
-cannot be imported fails that start with an error naming it, as a failing initializer does.
+its modules are then imported by each worker at start-up, exactly as without ``preload``. A
+module that failed in the forkserver is imported again by each worker before its initializer
+(a no-op when preloaded): one that cannot be imported fails that start with an error naming
+it, as a failing initializer does.
+
+A side effect to know: modules preloaded this way are in every process the forkserver forks
+afterwards, the workers of other pools and of the stdlib's own forkserver pools included.
 """
+import contextlib
 import importlib
 import logging
+import os
 import re
-from typing import Any, Callable, Iterable, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 log = logging.getLogger("safepool")
 
-#: What every worker imports: the target of its Process object.
-WORKER_MODULE = "safepool._worker"
+#: The one module safepool puts in the stdlib's preload list (see the module's docstring).
+BOOT_MODULE = "safepool._forkserver_preload"
+#: The user's preload names, comma-separated, for BOOT_MODULE in the starting forkserver.
+PRELOAD_ENV = "SAFEPOOL_FORKSERVER_PRELOAD"
+
+_wanted: List[str] = []  # every pool's preload names, in order, under _forkserver_guard._lock
 
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
@@ -44,8 +57,8 @@ def check_modules(preload: Any) -> Tuple[str, ...]:
 
 
 def arrange(ctx: Any, modules: Iterable[str]) -> bool:
-    """Add safepool's worker module and ``modules`` to the preload list of the stdlib's
-    forkserver, if ``ctx`` uses it and it has not started. True if they will be preloaded."""
+    """Have the stdlib's forkserver preload safepool's worker module and ``modules``, if
+    ``ctx`` uses it and it has not started. True if they will be preloaded."""
     get_method = getattr(ctx, "get_start_method", None)
     if get_method is None or get_method() != "forkserver":
         return False
@@ -53,20 +66,44 @@ def arrange(ctx: Any, modules: Iterable[str]) -> bool:
 
     from ._forkserver_guard import _lock
 
-    server = forkserver._forkserver
-    wanted = [WORKER_MODULE, *modules]
-    with _lock:  # the guard starts the forkserver under this lock: no start in between
+    server: Any = forkserver._forkserver
+    # Our lock: safepool starts the forkserver under it. The server's own: the stdlib starts
+    # it under that one (a stdlib pool in another thread), and we must not add to a list it
+    # is reading or call "not started" a server it is starting.
+    with _lock, server._lock:
         current = list(getattr(server, "_preload_modules", None) or [])
-        missing = [name for name in wanted if name not in current]
-        if not missing:
+        missing = [name for name in modules if name not in _wanted]
+        if BOOT_MODULE in current and not missing:
             return True
         if getattr(server, "_forkserver_pid", None) is not None:
             log.info("safepool: the forkserver was started before this pool, without %s "
-                     "preloaded; each worker imports them itself", ", ".join(missing))
+                     "preloaded; each worker imports them itself",
+                     ", ".join(missing or ["safepool's worker module"]))
             return False
-        # The stdlib keeps '__main__' first (a script's own module, imported once).
-        server.set_forkserver_preload(current + missing)
+        _wanted.extend(missing)
+        if BOOT_MODULE not in current:
+            # The stdlib keeps '__main__' first (a script's own module, imported once).
+            server.set_forkserver_preload(current + [BOOT_MODULE])
     return True
+
+
+@contextlib.contextmanager
+def passing_names() -> Iterator[None]:
+    """Around a start of the forkserver (under _forkserver_guard._lock): hand the preload
+    names to BOOT_MODULE in the new server through its environment, and only to it (it pops
+    them; the variable is gone from ours as soon as the server is spawned)."""
+    if not _wanted:
+        yield
+        return
+    before = os.environ.get(PRELOAD_ENV)
+    os.environ[PRELOAD_ENV] = ",".join(_wanted)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PRELOAD_ENV, None)
+        else:
+            os.environ[PRELOAD_ENV] = before
 
 
 class PreloadingInitializer:

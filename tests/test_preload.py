@@ -12,20 +12,24 @@ import pytest
 from conftest import wait_until
 
 from safepool import SafeProcessPoolExecutor
-from safepool._preload import check_modules
+from safepool._preload import BOOT_MODULE, check_modules
 
 pytestmark = pytest.mark.timeout(120)
 
+# safepool is imported inside the main block only: the fork server imports this script as
+# __mp_main__ (the stdlib's '__main__' preload), and a top-level import would preload
+# safepool's worker module by itself, proving nothing about BOOT_MODULE.
 FRESH_PROCESS = textwrap.dedent("""
     import json, os, sys
-    from multiprocessing import forkserver
-    from safepool import SafeProcessPoolExecutor
 
     def where_imported():
         import safepool._worker as w
         return {"worker": os.getpid(), "imported_in": w.IMPORTED_IN}
 
     if __name__ == "__main__":
+        from multiprocessing import forkserver
+        from safepool import SafeProcessPoolExecutor
+
         with SafeProcessPoolExecutor(2, preload=["numpy"]) as ex:
             seen = [ex.submit(where_imported).result(timeout=60) for _ in range(4)]
             server = forkserver._forkserver._forkserver_pid
@@ -33,28 +37,76 @@ FRESH_PROCESS = textwrap.dedent("""
                 maps = f.read()
         print(json.dumps({"server": server, "seen": seen,
                           "numpy_in_server": "_multiarray_umath" in maps,
-                          "preload": forkserver._forkserver._preload_modules}))
+                          "preload": forkserver._forkserver._preload_modules,
+                          "env_left": os.environ.get("SAFEPOOL_FORKSERVER_PRELOAD")}))
 """)
 
+linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/maps"),
+                                reason="reads /proc/<pid>/maps (Linux)")
 
-def test_preloaded_modules_are_imported_once_in_the_fork_server(tmp_path):
-    pytest.importorskip("numpy")
+
+def run_script(tmp_path, text, **files):
     import json
 
+    for name, body in files.items():
+        (tmp_path / name).write_text(textwrap.dedent(body))
     script = tmp_path / "main.py"
-    script.write_text(FRESH_PROCESS)
+    script.write_text(text)
     out = subprocess.run([sys.executable, str(script)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, universal_newlines=True, timeout=100,
                          cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["preload"][0] == "__main__"  # the stdlib's own preload is kept, first
-    assert {"safepool._worker", "numpy"} <= set(report["preload"])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@linux_only
+def test_preloaded_modules_are_imported_once_in_the_fork_server(tmp_path):
+    pytest.importorskip("numpy")
+    report = run_script(tmp_path, FRESH_PROCESS)
+    # The stdlib's own preload is kept, first; ours is one safepool module, never the user's
+    # names (see the next test for why).
+    assert report["preload"] == ["__main__", BOOT_MODULE]
+    assert report["env_left"] is None  # the names were passed to the server only
     # numpy's extension is mapped in the fork server itself: workers fork with it loaded.
     assert report["numpy_in_server"]
     # Every worker inherited safepool's worker module from the fork server: none imported it.
     for seen in report["seen"]:
         assert seen["imported_in"] == report["server"] != seen["worker"]
+
+
+BAD_PRELOAD = textwrap.dedent("""
+    import json, os
+
+    if __name__ == "__main__":
+        from concurrent.futures.process import BrokenProcessPool
+        from multiprocessing import forkserver
+        from safepool import SafeProcessPoolExecutor
+
+        report = {}
+        ex = SafeProcessPoolExecutor(1, preload=["raises_at_import"])
+        try:
+            report["bad"] = ex.submit(os.getpid).result(timeout=60)
+        except BrokenProcessPool as exc:
+            report["bad"] = str(exc) + " / " + repr(exc.__cause__)
+        finally:
+            ex.shutdown(wait=True)
+        report["server"] = forkserver._forkserver._forkserver_pid
+        with SafeProcessPoolExecutor(1) as ex:
+            report["other_pool"] = ex.submit(os.getpid).result(timeout=60)
+        report["server_after"] = forkserver._forkserver._forkserver_pid
+        print(json.dumps(report))
+""")
+
+
+def test_a_preload_raising_at_import_costs_its_pool_not_the_shared_fork_server(tmp_path):
+    # The stdlib's fork server ignores only ImportError in its preload list: a RuntimeError
+    # there killed it, and every later start of every pool in the process failed with it.
+    report = run_script(tmp_path, BAD_PRELOAD, **{
+        "raises_at_import.py": "raise RuntimeError('misconfigured at import')\n"})
+    assert isinstance(report["bad"], str), report
+    assert "raises_at_import" in report["bad"] and "misconfigured at import" in report["bad"]
+    assert isinstance(report["other_pool"], int), report
+    assert report["server_after"] == report["server"] is not None
 
 
 def in_modules(name):
