@@ -56,6 +56,7 @@ class Worker:
         self.running: Optional[Task] = None
         self.sent: Deque[Task] = collections.deque()
         self.assigned = 0                 # tasks sent and not taken back (max_tasks_per_child)
+        self.tasks_started = 0            # tasks it said STARTED for
         self.stop_cause: Optional[str] = None  # why we are stopping it (None: we are not)
         self.stop_deadline: Optional[float] = None
         self.descendants: List[Any] = []  # psutil.Process handles

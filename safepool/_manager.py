@@ -73,6 +73,11 @@ PIPELINE_REFILL = 1
 PIPELINE_BELOW = 0.005
 LIVENESS_INTERVAL = 1.0
 SPAWN_RETRY = 0.2
+#: A worker that dies before starting any task, again and again (something kills workers
+#: right after start-up: an initializer's thread, a watchdog, a cgroup at its limit), is
+#: replaced at once the first time, then after SPAWN_RETRY doubled per further loss in a row,
+#: at most this many seconds: replacing it at once every time spun a core on process starts.
+IDLE_LOSS_BACKOFF_MAX = 5.0
 #: How long the end of the pool waits for a worker start still under way.
 START_BOUND = 60.0
 
@@ -128,6 +133,8 @@ class PoolManager:
         self.aborting: Optional[str] = None
         self.startup_failures = 0
         self.next_spawn_at = 0.0
+        self.idle_losses = 0  # workers lost in a row before starting any task
+        self.replace_wanted = False  # a lost worker's place is to be filled (_replace_lost)
         self.avg_task_time: Optional[float] = None
         self.counts = dict.fromkeys(_COUNT_KEYS, 0)
         self.ledger = Ledger(self.counts)
@@ -265,6 +272,7 @@ class PoolManager:
                 self._take_incoming()
                 if self._finished():
                     break
+                self._replace_lost()
                 self._dispatch()
                 self._stop_idle_workers()
                 self._publish_gauges()
@@ -417,13 +425,20 @@ class PoolManager:
                 and live + self.starting - len(self.spare_slots) < self.max_workers
                 and time.monotonic() >= self.next_spawn_at)
 
-    def _spawn(self, spare: bool = False) -> None:
+    def _spawn(self, spare: bool = False) -> bool:
+        """Start a worker (a spare: outside max_workers). False if no slot is free."""
         # The lowest slot no live process holds: a replacement takes the slot of the worker
         # it replaces (safepool.current_worker().slot), so per-slot resources stay in range
         # (range(max_workers + spare_workers): a spare holds a slot of its own).
         held = {w.slot for w in self.workers.values() if w.state < WorkerState.TERMINATING}
         held |= self.starting_slots
-        slot = min(set(range(self.max_workers + self.spare_workers)) - held)
+        free = set(range(self.max_workers + self.spare_workers)) - held
+        if not free:
+            # Every slot is held, by a retiring process among others: its exit frees one and
+            # brings us back here. (min() of nothing once killed the manager: a broken pool.)
+            log.debug("no free worker slot: the start waits for a retiring worker's exit")
+            return False
+        slot = min(free)
         self.starting += 1
         self.last_spawn_at = time.monotonic()
         self.starting_slots.add(slot)
@@ -431,6 +446,7 @@ class PoolManager:
             self.spare_slots.add(slot)
         assert self.starter is not None  # set before the loop starts
         self.starter.start_one(slot)
+        return True
 
     def _promote_spare(self) -> bool:
         """Give a lost worker's place to a ready spare: it takes tasks now, with no start on
@@ -454,10 +470,13 @@ class PoolManager:
                 or self.aborting is not None or self.counts["started"] == 0
                 or time.monotonic() < self.next_spawn_at):
             return
+        # A retiring spare still holds its slot: counted until it has gone, or the new spare
+        # would find no slot free.
         spares = sum(1 for w in self.workers.values()
-                     if w.spare and w.state < WorkerState.RETIRING)
+                     if w.spare and w.state < WorkerState.TERMINATING)
         for _ in range(self.spare_workers - spares - len(self.spare_slots)):
-            self._spawn(spare=True)
+            if not self._spawn(spare=True):
+                break
 
     # ---- dispatching -----------------------------------------------------------------------
 
@@ -483,8 +502,7 @@ class PoolManager:
                 idle = [w for w in self.workers.values() if w.idle]
                 while self.queue and idle:
                     self._send_batch(idle.pop())
-            while waiting > 0 and self._can_spawn():
-                self._spawn()
+            while waiting > 0 and self._can_spawn() and self._spawn():
                 waiting -= 1
         if self.queue:
             # Keep short tasks flowing to busy workers; never back behind the task a task was
@@ -668,6 +686,8 @@ class PoolManager:
             # A worker starts its tasks in the order it got them, one at a time.
             raise ProtocolError(f"STARTED for task {task_id} out of order")
         task = w.sent.popleft()
+        w.tasks_started += 1
+        self.idle_losses = 0
         task.state = TaskState.STARTED
         task.revoking = False
         task.started_at = time.monotonic()
@@ -777,8 +797,16 @@ class PoolManager:
             self._settle_stopped(w, exitcode, crashed=False)
         if cause != "shutdown":
             self.counts["replaced_" + cause] += 1
-        if cause not in ("shutdown", "terminated") and not w.spare \
-                and w.state != WorkerState.STARTING:  # (a failed start has its own retries)
+        if cause not in ("shutdown", "terminated") and not w.spare and w.tasks_started:
+            # Filled from the loop (_replace_lost), not here, inside one worker's event: a
+            # fault while starting the next one is not this dead worker's channel fault.
+            # Only a worker that ran a task: one lost before any (a failed start, one killed
+            # idle again and again) is replaced when work arrives, so nothing spins.
+            self.replace_wanted = True
+
+    def _replace_lost(self) -> None:
+        if self.replace_wanted:
+            self.replace_wanted = False
             self._replace_now()
 
     def _replace_now(self) -> None:
@@ -850,6 +878,8 @@ class PoolManager:
         self._settle_unstarted(w)  # nothing had started: every task goes back to the queue
         if w.state != WorkerState.STARTING:  # an idle worker died: replace it, nothing lost
             log.warning("idle worker pid %d lost: %s", w.pid, describe_exit(exitcode))
+            if not w.tasks_started:
+                self._back_off_idle_loss()
             return
         if w.init_error is not None:
             error = w.init_error
@@ -859,6 +889,18 @@ class PoolManager:
             why = f"a worker (pid {w.pid}) died while starting: {describe_exit(exitcode)}"
         log.warning("worker pid %d lost: %s", w.pid, why)
         self._startup_failed(error, why)
+
+    def _back_off_idle_loss(self) -> None:
+        """A worker died before starting any task: the first time in a row, replace it at
+        once; after that, wait (IDLE_LOSS_BACKOFF_MAX: replacing at once spun forever when
+        something keeps killing new workers). Any task starting ends the streak."""
+        self.idle_losses += 1
+        if self.idle_losses < 2:
+            return
+        delay = min(SPAWN_RETRY * 2 ** (self.idle_losses - 2), IDLE_LOSS_BACKOFF_MAX)
+        self.next_spawn_at = max(self.next_spawn_at, time.monotonic() + delay)
+        log.warning("%d workers in a row died before starting a task; the next start waits "
+                    "%.1fs", self.idle_losses, delay)
 
     def _lost_error(self, w: Worker, task: Task, exitcode: Optional[int],
                     reason: Optional[str] = None) -> WorkerLostError:
@@ -911,6 +953,11 @@ class PoolManager:
             return  # tasks wait behind a busy worker: an idle one takes them back first
         for w in list(self.workers.values()):
             if w.running is None and not w.sent and w.state <= WorkerState.SERVING:
+                if w.state == WorkerState.STARTING:
+                    # Still starting (a replacement, a spare) with nothing to do: it would
+                    # read STOP only after its initializer, and shutdown() would wait for it.
+                    w.terminate("shutdown")
+                    continue
                 w.retire("shutdown")
                 self._watch_writes(w)
 
@@ -1025,7 +1072,11 @@ class PoolManager:
         return task.started_at + task.soft_timeout
 
     def _lifetime_end(self, w: Worker) -> Optional[float]:
-        if self.max_worker_lifetime is None or w.state != WorkerState.SERVING:
+        # A worker that has run no task has nothing to shed: aged out while idle (a spare
+        # always is), it spun through starts for ever when the lifetime was shorter than a
+        # start. It is recycled after its first task once past its lifetime.
+        if (self.max_worker_lifetime is None or w.state != WorkerState.SERVING
+                or not w.tasks_started):
             return None
         return w.started_at + self.max_worker_lifetime
 
@@ -1034,9 +1085,11 @@ class PoolManager:
         nearest = self._next_liveness_check if self.workers else None
         if self.shutting_down and self.starting:  # see _finished: a start is waited for, boundedly
             nearest = min(nearest or math.inf, self.last_spawn_at + START_BOUND)
-        if self.queue and self.broken is None and self.next_spawn_at > time.monotonic():
+        if ((self.queue or self.spare_workers) and self.broken is None
+                and self.next_spawn_at > time.monotonic()):
             # Starting a worker just failed (EAGAIN, EMFILE): try again soon;
-            # STARTUP_FAILURE_LIMIT failures in a row break the pool.
+            # STARTUP_FAILURE_LIMIT failures in a row break the pool. (Or new workers keep
+            # dying idle: _back_off_idle_loss. A missing spare is started then, too.)
             nearest = min(nearest or self.next_spawn_at, self.next_spawn_at)
         for w in self.workers.values():
             for deadline in (w.stop_deadline, self._task_deadline(w), self._soft_deadline(w),

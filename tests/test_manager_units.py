@@ -83,3 +83,28 @@ def test_what_an_abandoned_worker_says_about_its_tasks_is_ignored():
     assert w.running is None
     os.close(r)
     os.close(wfd)
+
+
+def test_a_start_with_every_slot_held_waits_instead_of_killing_the_manager():
+    """Two workers and a retiring spare hold all three slots (max_workers=2, spare 1): the
+    spare top-up and a start find no free slot. min() of no slot raised ValueError on the
+    manager thread, which broke the pool."""
+    m = PoolManager(None, 2, None, (), max_tasks_per_child=None, task_timeout=None,
+                    max_worker_lifetime=None, max_worker_memory=None, spare_workers=1)
+    started = []
+    m.starter = types.SimpleNamespace(start_one=started.append)
+    m.counts["started"] = 3
+    for pid, slot in ((1, 0), (2, 1), (3, 2)):
+        proc = types.SimpleNamespace(pid=pid, slot=slot, task_fd=-1, result_fd=-1,
+                                     control_fd=-1)
+        w = Worker(proc, 0.0)
+        w.state = WorkerState.SERVING
+        m.workers[pid] = w
+    m.workers[3].spare = True
+    m.workers[3].state = WorkerState.RETIRING
+    m._top_up_spares()  # the retiring spare still counts: no start
+    assert started == [] and m.starting == 0
+    assert m._spawn() is False and started == [] and m.starting == 0
+    m.workers[3].state = WorkerState.TERMINATING  # on its way out: its slot is free
+    m._top_up_spares()
+    assert started == [2] and m.starting == 1
