@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import wait_until
 
-from safepool import SafeProcessPoolExecutor
+from safepool import SafeProcessPoolExecutor, WorkerLostError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,7 +73,7 @@ def test_shutdown_right_after_a_loss_stops_the_starting_replacement(tmp_path, cl
     ex = SafeProcessPoolExecutor(1, initializer=slow_initializer_after_the_first,
                                  initargs=(marker, done))
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(WorkerLostError):
             ex.submit(crash_leaving_marker, marker).result(timeout=60)
         # The replacement starts at once, and sits in its 2 s initializer.
         wait_until(lambda: ex.stats().workers_started == 2, 30, message="the replacement")

@@ -21,8 +21,14 @@ pytestmark = pytest.mark.timeout(120)
 def pool_pids(ex):
     """Every worker process of this pool (spares too): forkserver workers are the children of
     the fork server, our direct child."""
-    me = psutil.Process()
-    return {p.pid for p in me.children(recursive=True) if p.ppid() != os.getpid()}
+    pids = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.ppid() != os.getpid():
+                pids.add(p.pid)
+        except psutil.NoSuchProcess:
+            pass  # a worker that has just exited (a recycled one, say)
+    return pids
 
 
 def wait_for_spare(ex, excluding=(), n=1):
