@@ -317,7 +317,23 @@ def lift_big_bytes(obj: Any, depth: int = LIFT_DEPTH,
 
 # ---- the receiver's side ----------------------------------------------------------------------
 
+#: The most one read() returns on Linux.
+_MAX_READ = 0x7FFFF000
+
+
 def _deliver(fd: int, size: int, form: int) -> Any:
+    if form == AS_BYTES and size <= _MAX_READ:
+        # bytes must own its memory, so it is a copy either way: pread() makes it in one
+        # kernel copy into the new object, with no mapping of the whole file beside it
+        # (measured, 100 MiB round trip: parent peak 334 -> 234 MiB; time within noise, the
+        # copy alone ~44 against ~51 ms). pread, at offset 0: the file offset is shared with
+        # the sender, who left it at the end.
+        st = os.fstat(fd)
+        if st.st_size < size:
+            raise ValueError(f"a buffer of {st.st_size} bytes, announced as {size}")
+        data = os.pread(fd, size, 0)
+        if len(data) == size:
+            return data
     view = _map(fd, size)
     if form == AS_BYTES:
         return bytes(view)
