@@ -805,15 +805,13 @@ class PoolManager:
             self.replace_wanted = True
 
     def _replace_lost(self) -> None:
-        if self.replace_wanted:
-            self.replace_wanted = False
-            self._replace_now()
-
-    def _replace_now(self) -> None:
         """Fill a lost worker's place now, not when the next task arrives: a ready spare
         takes it, or a new worker starts. Waiting for work put a whole process start (about
         25 ms) between the caller and the next result after every recycle, crash, timeout or
         cancel; the stdlib (3.11+) restarts a recycled worker at once too."""
+        if not self.replace_wanted:
+            return
+        self.replace_wanted = False
         if self.shutting_down or self.broken is not None or self.aborting is not None:
             return
         if not self._promote_spare() and self._can_spawn():

@@ -188,6 +188,18 @@ def test_an_unsealed_memfd_is_copied_not_mapped():
         os.close(fd)
 
 
+def test_big_bytes_are_read_into_their_own_object_and_a_short_one_is_refused():
+    fd = os.memfd_create("safepool:test")
+    try:
+        os.write(fd, b"xy" * (BIG // 2))
+        data = oob._deliver(fd, BIG, oob.AS_BYTES)
+        assert type(data) is bytes and len(data) == BIG and data[-2:] == b"xy"
+        with pytest.raises(ValueError, match="announced"):
+            oob._deliver(fd, BIG * 2, oob.AS_BYTES)
+    finally:
+        os.close(fd)
+
+
 def test_without_memfds_everything_travels_in_band(monkeypatch):
     monkeypatch.setattr(oob, "AVAILABLE", False)
     payload = P.dumps((big_tasks.ident, (np.ones(BIG // 8),), {}), True)
