@@ -83,7 +83,7 @@ def ensure_safe_forkserver(ctx: Any) -> None:
                 raise _insists_on_abstract(_would_bind())
             log.warning("safepool: %s (%s: the stdlib would have listened where any local "
                         "user can connect)", _mitigation, CVE)
-        with passing_names():
+        with passing_names(server):
             server.ensure_running()
         address = getattr(server, "_forkserver_address", None)
         if not is_abstract(address):
@@ -108,7 +108,7 @@ def _restart_privately(server: Any, address: Any) -> None:
     _disable_abstract_sockets(f"then restarted the forkserver (pid {pid}) that listened on "
                               f"{describe(address)}")
     _stop(server)
-    with passing_names():
+    with passing_names(server):
         server.ensure_running()
     if is_abstract(server._forkserver_address):
         error = _insists_on_abstract(server._forkserver_address)

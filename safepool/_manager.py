@@ -687,7 +687,10 @@ class PoolManager:
             raise ProtocolError(f"STARTED for task {task_id} out of order")
         task = w.sent.popleft()
         w.tasks_started += 1
-        self.idle_losses = 0
+        if w.tasks_started == 1:
+            # A new worker ran its first task: starts work again. (Any task ending the
+            # streak let spares die and restart for ever in a busy pool.)
+            self.idle_losses = 0
         task.state = TaskState.STARTED
         task.revoking = False
         task.started_at = time.monotonic()
@@ -889,9 +892,10 @@ class PoolManager:
         self._startup_failed(error, why)
 
     def _back_off_idle_loss(self) -> None:
-        """A worker died before starting any task: the first time in a row, replace it at
-        once; after that, wait (IDLE_LOSS_BACKOFF_MAX: replacing at once spun forever when
-        something keeps killing new workers). Any task starting ends the streak."""
+        """A worker died before starting any task: the first time in a row, its next start
+        (a spare's top-up, or a worker for queued work) is not delayed; after that, it waits
+        (IDLE_LOSS_BACKOFF_MAX: starting at once spun forever when something keeps killing
+        new workers). A new worker starting its first task ends the streak."""
         self.idle_losses += 1
         if self.idle_losses < 2:
             return

@@ -88,22 +88,26 @@ def arrange(ctx: Any, modules: Iterable[str]) -> bool:
 
 
 @contextlib.contextmanager
-def passing_names() -> Iterator[None]:
-    """Around a start of the forkserver (under _forkserver_guard._lock): hand the preload
-    names to BOOT_MODULE in the new server through its environment, and only to it (it pops
-    them; the variable is gone from ours as soon as the server is spawned)."""
-    if not _wanted:
+def passing_names(server: Any) -> Iterator[None]:
+    """Around ``server.ensure_running()`` (under _forkserver_guard._lock): if it will start
+    the server, hand the preload names to BOOT_MODULE there through its environment, and only
+    to it (it pops them; ours has the variable only while the server is spawned).
+
+    Set in the C environment (putenv), which the stdlib's spawn of the server inherits, not
+    in ``os.environ``: adding and removing a key there raced with other threads copying it
+    (``dict(os.environ)``: KeyError), and it was done on every worker start."""
+    if not _wanted or getattr(server, "_forkserver_pid", None) is not None:
         yield
         return
     before = os.environ.get(PRELOAD_ENV)
-    os.environ[PRELOAD_ENV] = ",".join(_wanted)
+    os.putenv(PRELOAD_ENV, ",".join(_wanted))
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop(PRELOAD_ENV, None)
+            os.unsetenv(PRELOAD_ENV)
         else:
-            os.environ[PRELOAD_ENV] = before
+            os.putenv(PRELOAD_ENV, before)
 
 
 class PreloadingInitializer:

@@ -41,6 +41,29 @@ def test_workers_that_keep_dying_idle_are_restarted_ever_more_slowly(caplog, cle
             f.cancel()
 
 
+def die_soon_unless_in_slot_0():
+    """An initializer that lets the worker in slot 0 live and kills every other one (the
+    spares) 50 ms after start-up."""
+    import safepool
+
+    if safepool.current_worker().slot != 0:
+        threading.Timer(0.05, os._exit, (7,)).start()
+
+
+def test_spares_that_keep_dying_back_off_in_a_busy_pool_too(caplog, clean_process):
+    # A healthy worker starting task after task used to end the streak each time, so each
+    # dying spare was the "first" loss again and was restarted at once, for ever.
+    with caplog.at_level(logging.WARNING, logger="safepool"):
+        with SafeProcessPoolExecutor(1, spare_workers=1,
+                                     initializer=die_soon_unless_in_slot_0) as ex:
+            deadline = time.monotonic() + 60
+            while not any("the next start waits 0.8s" in r.getMessage()
+                          for r in caplog.records):
+                assert time.monotonic() < deadline, "no 0.8 s backoff while busy"
+                ex.submit(time.sleep, 0.005).result(timeout=60)
+            assert ex.stats().tasks_failed == 0
+
+
 def test_an_idle_pool_with_a_lifetime_shorter_than_a_start_does_not_spin(clean_process):
     with SafeProcessPoolExecutor(1, spare_workers=1, max_worker_lifetime=0.001) as ex:
         first = ex.submit(os.getpid).result(timeout=60)

@@ -24,9 +24,11 @@ FRESH_PROCESS = textwrap.dedent("""
 
     def where_imported():
         import safepool._worker as w
-        return {"worker": os.getpid(), "imported_in": w.IMPORTED_IN}
+        return {"worker": os.getpid(), "imported_in": w.IMPORTED_IN,
+                "env": os.environ.get("SAFEPOOL_FORKSERVER_PRELOAD")}
 
     if __name__ == "__main__":
+        import subprocess
         from multiprocessing import forkserver
         from safepool import SafeProcessPoolExecutor
 
@@ -38,7 +40,11 @@ FRESH_PROCESS = textwrap.dedent("""
         print(json.dumps({"server": server, "seen": seen,
                           "numpy_in_server": "_multiarray_umath" in maps,
                           "preload": forkserver._forkserver._preload_modules,
-                          "env_left": os.environ.get("SAFEPOOL_FORKSERVER_PRELOAD")}))
+                          # what a child of ours inherits (the C environment)
+                          "env_left": subprocess.run(
+                              [sys.executable, "-c", "import os; print(os.environ.get("
+                               "'SAFEPOOL_FORKSERVER_PRELOAD', ''))"],
+                              stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()}))
 """)
 
 linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/maps"),
@@ -66,12 +72,51 @@ def test_preloaded_modules_are_imported_once_in_the_fork_server(tmp_path):
     # The stdlib's own preload is kept, first; ours is one safepool module, never the user's
     # names (see the next test for why).
     assert report["preload"] == ["__main__", BOOT_MODULE]
-    assert report["env_left"] is None  # the names were passed to the server only
+    # The names were passed to the server only: not left to our children, nor to workers.
+    assert report["env_left"] == ""
     # numpy's extension is mapped in the fork server itself: workers fork with it loaded.
     assert report["numpy_in_server"]
     # Every worker inherited safepool's worker module from the fork server: none imported it.
     for seen in report["seen"]:
         assert seen["imported_in"] == report["server"] != seen["worker"]
+        assert seen["env"] is None
+
+
+ENVIRON_COPIER = textwrap.dedent("""
+    import json, os, threading
+
+    if __name__ == "__main__":
+        from safepool import SafeProcessPoolExecutor
+
+        seen, errors, stop = [], [], threading.Event()
+
+        def copy_environ():
+            while not stop.is_set():
+                try:
+                    if "SAFEPOOL_FORKSERVER_PRELOAD" in dict(os.environ):
+                        seen.append(1)
+                except KeyError as exc:  # the key went away while being copied
+                    errors.append(repr(exc))
+
+        copier = threading.Thread(target=copy_environ)
+        copier.start()
+        try:
+            # The first pool of this process: it starts the fork server, with a preload.
+            with SafeProcessPoolExecutor(1, preload=["json"], max_tasks_per_child=1) as ex:
+                pids = {ex.submit(os.getpid).result(timeout=60) for _ in range(60)}
+        finally:
+            stop.set()
+            copier.join(timeout=30)
+        print(json.dumps({"starts": len(pids), "seen": len(seen), "errors": errors[:1]}))
+""")
+
+
+def test_starting_workers_never_touches_os_environ(tmp_path):
+    """Other threads copy os.environ (subprocess, dict(os.environ)): a key added and removed
+    around every worker start made those copies raise KeyError, or carry it to children."""
+    report = run_script(tmp_path, ENVIRON_COPIER)
+    assert report["starts"] == 60  # sixty worker starts happened
+    assert report["seen"] == 0 and report["errors"] == [], report
 
 
 BAD_PRELOAD = textwrap.dedent("""
