@@ -24,7 +24,8 @@ def pool_pids(ex):
     pids = set()
     for p in psutil.Process().children(recursive=True):
         try:
-            if p.ppid() != os.getpid():
+            # (A zombie is an earlier worker the fork server has not reaped yet.)
+            if p.ppid() != os.getpid() and p.status() != psutil.STATUS_ZOMBIE:
                 pids.add(p.pid)
         except psutil.NoSuchProcess:
             pass  # a worker that has just exited (a recycled one, say)
@@ -184,6 +185,8 @@ def test_a_lost_worker_is_replaced_before_the_next_task_arrives(how, clean_proce
         # No task is submitted: the replacement starts by itself.
         wait_until(lambda: ex.stats().workers_started == 2 and ex.stats().workers_alive == 1
                    and ex.stats().workers_busy == 0, 30, message="a replacement, unasked")
-        (replacement,) = wait_until(lambda: pool_pids(ex) - {first} or None, 30,
-                                    message="the replacement's process")
-        assert ex.submit(os.getpid).result(timeout=60) == replacement
+        # The next task runs on that replacement: no start was needed for it. (Not by
+        # listing processes: a stray from an earlier test can be exiting under the fork
+        # server at that moment, as CI once saw.)
+        assert ex.submit(os.getpid).result(timeout=60) != first
+        assert ex.stats().workers_started == 2
