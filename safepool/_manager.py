@@ -140,6 +140,11 @@ class PoolManager:
         self.ledger = Ledger(self.counts)
         # workers alive, workers busy, tasks on workers: published
         self.gauges: Tuple[int, int, Tuple[Task, ...], int] = (0, 0, (), 0)
+        # Even while the loop waits in select() (nothing above changes), odd while it works:
+        # stats() reads the queue and the gauges in one even epoch, or a task moving from the
+        # queue to a worker between its reads is counted nowhere (CI saw queued + running one
+        # short). Only the manager thread changes it.
+        self.epoch = 0
         self._next_liveness_check = 0.0
         self._nearest: Optional[float] = None
 
@@ -209,16 +214,43 @@ class PoolManager:
         return True
 
     def stats(self) -> PoolStats:
-        # Copies of what the manager publishes; nothing here allocates under a lock.
-        c = dict(self.counts)
-        for key in list(self.caller_events):
+        # Copies of what the manager publishes; nothing here allocates under a lock. Each
+        # copy is one C-level copy under the GIL, but the manager may run between two of
+        # them (CI saw tasks_queued + tasks_running one short: the gauges were read, the
+        # manager sent the queued task to its busy worker, then the queue was read). So take
+        # a set read while the manager stayed parked (one even epoch). Every task seen in any
+        # read is kept and counted once, by the state it is in now: if the manager never
+        # parks for long enough, the last reads still lose only a task it took in and sent
+        # meanwhile, never count one twice.
+        attempts = _STATS_ATTEMPTS
+        if threading.current_thread() is self.thread:
+            # A done-callback asking, on the manager thread: nothing moves while we read, and
+            # waiting for it to park would wait for ourselves.
+            self._publish_gauges()
+            attempts = 1
+        seen: Dict[int, Task] = {}
+        for _ in range(attempts):
+            epoch = self.epoch
+            c = dict(self.counts)
+            events = list(self.caller_events)
+            for t in (*self.incoming, *self.queue):
+                seen[id(t)] = t
+            alive, busy, active, spares_ready = self.gauges
+            if epoch % 2 == 0 and self.epoch == epoch:
+                break
+            time.sleep(_STATS_RETRY_PAUSE)  # lets the manager finish its turn and park
+        for t in active:
+            seen[id(t)] = t
+        for key in events:
             c[key] += 1
-        alive, busy, active, spares_ready = self.gauges
-        # Read-only copies of the manager's queues (each one C-level copy under the GIL); a
-        # task's state and future are read as they are now, so that a published list that is
-        # a moment old counts no task twice.
-        queued = sum(1 for t in [*self.queue, *self.incoming] if not t.future.done())
-        running = sum(1 for t in active if t.state in _ACTIVE and not t.future.done())
+        queued = running = 0
+        for t in seen.values():
+            if t.future.done():
+                continue
+            if t.state == TaskState.QUEUED:
+                queued += 1
+            elif t.state in _ACTIVE:
+                running += 1
         return PoolStats(
             workers_alive=alive,
             workers_busy=busy,
@@ -261,6 +293,7 @@ class PoolManager:
     # ---- the loop --------------------------------------------------------------------------
 
     def _run(self) -> None:
+        self.epoch += 1
         try:
             self.starter = Starter(self.ctx, self.initializer, self.initargs,
                                    self.max_worker_memory is not None, self._on_started,
@@ -283,7 +316,9 @@ class PoolManager:
                 self._woken = False
                 if self.commands or self.incoming or self.caller_events:
                     timeout = 0
+                self.epoch += 1  # even: parked, the published picture holds still
                 events = self.selector.select(timeout)
+                self.epoch += 1
                 for key, _ in events:
                     self._on_event(key)
                 if self._nearest is not None and time.monotonic() >= self._nearest:
@@ -1184,6 +1219,7 @@ class PoolManager:
         except Exception:
             log.exception("while failing the queue")
         self._publish_gauges()
+        self.epoch += 1  # even for good: nothing changes any more
         self.selector.close()
         with self._wake_lock:
             self._wake_closed = True
@@ -1193,6 +1229,10 @@ class PoolManager:
 
 
 _ACTIVE = (TaskState.SENT, TaskState.STARTED)
+# stats() waits at most this long for the manager to park (a busy loop parks every few
+# milliseconds at most; the GIL's switch interval is 5 ms).
+_STATS_ATTEMPTS = 20
+_STATS_RETRY_PAUSE = 0.0005
 _STARTED = P.STARTED
 _OUTCOMES = frozenset((P.RESULT, P.ERROR, P.BAD_TASK))
 

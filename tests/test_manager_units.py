@@ -3,7 +3,7 @@ import collections
 import types
 
 from safepool._executor import SafeFuture
-from safepool._ledger import Task
+from safepool._ledger import Task, TaskState
 from safepool._lifecycle import Worker, WorkerState
 from safepool._manager import PoolManager
 
@@ -108,3 +108,69 @@ def test_a_start_with_every_slot_held_waits_instead_of_killing_the_manager():
     m.workers[3].state = WorkerState.TERMINATING  # on its way out: its slot is free
     m._top_up_spares()
     assert started == [2] and m.starting == 1
+
+
+class _SentWhileRead(collections.deque):
+    """The manager's queue, whose next read by stats() happens in the middle of the manager's
+    turn: the task has just been sent to a busy worker (``_dispatch``) and the gauges are not
+    published yet (``_publish_gauges`` comes at the end of the turn)."""
+
+    def __init__(self, m, w, moving, before_the_read):
+        super().__init__([moving])
+        self.m, self.w, self.moving = m, w, moving
+        self.before_the_read = before_the_read
+
+    def __iter__(self):
+        read = list(super().__iter__())
+        if self.moving in self:
+            self.m.epoch += 1  # the manager woke up
+            self.remove(self.moving)
+            self.moving.state = TaskState.SENT
+            self.w.sent.append(self.moving)
+        return super().__iter__() if self.before_the_read else iter(read)
+
+
+def _busy_worker_and_a_queued_task(m, before_the_read):
+    w = worker()
+    m.workers[w.pid] = w
+    w.running = task(1)
+    w.running.state = TaskState.STARTED
+    queued = task(2)
+    m.queue = _SentWhileRead(m, w, queued, before_the_read)
+    m._publish_gauges()
+    return w, queued
+
+
+def test_stats_never_lose_a_task_the_manager_moves_while_they_read(monkeypatch):
+    """CI (py38) saw tasks_queued + tasks_running one short: stats() read the gauges, then
+    the manager sent the queued task to its busy worker, then stats() read the queue. Each
+    read was consistent; the pair was not."""
+    from safepool import _manager
+
+    m = manager()
+    _busy_worker_and_a_queued_task(m, before_the_read=True)
+
+    def manager_ends_its_turn(seconds):
+        m._publish_gauges()
+        m.epoch += 1  # parked again
+    monkeypatch.setattr(_manager.time, "sleep", manager_ends_its_turn)
+    s = m.stats()
+    assert (s.tasks_queued, s.tasks_running, s.workers_busy) == (0, 2, 1)
+
+
+def test_stats_from_a_manager_that_never_parks_count_each_task_once(monkeypatch):
+    from safepool import _manager
+
+    m = manager()
+    w, moving = _busy_worker_and_a_queued_task(m, before_the_read=False)
+    pauses = []
+    monkeypatch.setattr(_manager.time, "sleep", pauses.append)
+    s = m.stats()
+    # Gave up waiting, within its bound; the task read in the queue, now sent but not yet
+    # published, still counts, once.
+    assert len(pauses) == _manager._STATS_ATTEMPTS
+    assert s.tasks_queued + s.tasks_running == 2
+    m._publish_gauges()  # published now, while stats() still finds it in no queue
+    assert moving in m.gauges[2]
+    s = m.stats()
+    assert (s.tasks_queued, s.tasks_running) == (0, 2)
