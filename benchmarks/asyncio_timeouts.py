@@ -96,6 +96,9 @@ async def measure(name, calls, in_flight, budget):
 
 
 def main(argv=None):
+    from _bytecode import compile_safepool_and_benchmarks
+
+    compile_safepool_and_benchmarks()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=600)
     p.add_argument("--in-flight", type=int, default=4)

@@ -676,6 +676,10 @@ def main(argv=None):
         os.environ["PYTHONPATH"] = os.pathsep.join(
             [args.safepool_from, os.environ["PYTHONPATH"]])
         sys.path.insert(0, args.safepool_from)  # for machine_info() here
+    from _bytecode import compile_safepool_and_benchmarks
+
+    compile_safepool_and_benchmarks(
+        os.path.join(args.safepool_from, "safepool") if args.safepool_from else None)
     sizes = {c: case_size(c, args.quick) for c in cases}
     info = machine_info()
 

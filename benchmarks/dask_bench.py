@@ -106,6 +106,9 @@ def measure(executors, args):
 
 
 def main(argv=None):
+    from _bytecode import compile_safepool_and_benchmarks
+
+    compile_safepool_and_benchmarks()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=300)

@@ -195,6 +195,9 @@ def run_one(name, case, samples, timeout=600):
 
 
 def main(argv=None):
+    from _bytecode import compile_safepool_and_benchmarks
+
+    compile_safepool_and_benchmarks()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=15, help="losses per measurement "
                    "(default 15); the median is reported")

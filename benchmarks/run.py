@@ -32,6 +32,7 @@ for _p in (ROOT, HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from _bytecode import compile_safepool_and_benchmarks  # noqa: E402
 from _cases import (  # noqa: E402  (needs the sys.path set-up above)
     BASELINE,
     CASES,
@@ -583,6 +584,7 @@ def main(argv=None):
         args.json = None  # do not overwrite what we just read
         report(args, cases, executors, sizes, records, info, total)
         return 0
+    compile_safepool_and_benchmarks()
     cases = list(CASES)
     if args.only:
         cases = [c.strip() for c in args.only.split(",") if c.strip()]

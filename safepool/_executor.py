@@ -15,6 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from types import TracebackType
 from typing import (
+    TYPE_CHECKING,
     Any,
     Callable,
     Dict,
@@ -36,8 +37,10 @@ from ._manager import PoolManager
 from ._preload import PreloadingInitializer, check_modules
 from ._preload import arrange as arrange_preload
 from ._process import resolve_context
-from ._stats import PoolStats
 from .errors import pickling_error
+
+if TYPE_CHECKING:
+    from ._stats import PoolStats
 
 #: What a task returns: ``submit(fn)`` gives a ``Future[_T]`` for an ``fn`` returning ``_T``.
 _T = TypeVar("_T")

@@ -11,6 +11,7 @@ each worker before its initializer, where the failure breaks that pool alone, na
 """
 import importlib
 import os
+import sys
 from typing import Dict
 
 from ._preload import PRELOAD_ENV
@@ -23,11 +24,19 @@ FAILED: Dict[str, str] = {}
 def _import_all() -> None:
     # Popped at once: the workers forked from here must not see it.
     names = os.environ.pop(PRELOAD_ENV, "")
-    for name in ["safepool._worker", *filter(None, names.split(","))]:
+    # The worker's module, then the executor's: every worker imports the user's main module
+    # after it forks (the stdlib's preload of '__main__' has never worked before Python
+    # 3.14: CPython gh-126631), and a main module that uses safepool imports the executor's
+    # modules, 5-8 ms per worker start when they are not loaded here.
+    for name in ["safepool._worker", "safepool._executor", *filter(None, names.split(","))]:
         try:
             importlib.import_module(name)
         except BaseException as exc:  # noqa: B036 - the fork server is shared: nothing may kill it
             FAILED[name] = repr(exc)
+    try:
+        sys.modules["safepool._worker"].load_prctl()
+    except BaseException as exc:  # noqa: B036 - as above; each worker tries again itself
+        FAILED["ctypes"] = repr(exc)
 
 
 _import_all()

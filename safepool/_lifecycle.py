@@ -28,6 +28,12 @@ from ._ledger import Task
 from ._logs import LogReader
 from ._process import WorkerProcess, kill_tree
 
+#: Why a worker was replaced (the keys of ``PoolStats.workers_replaced``). Here, not in
+#: ``_stats``, so that starting a pool does not import ``dataclasses`` (4-5 ms, most of it
+#: ``inspect``) in the parent and, through the user's ``__main__``, in the fork server,
+#: where it delayed the first worker.
+CAUSES = ("crash", "timeout", "cancel", "recycle", "terminated")
+
 #: After a STOP message, how long an idle worker gets to exit before SIGTERM.
 STOP_GRACE = 3.0
 #: After SIGTERM, how long before SIGKILL of the worker's whole process tree.

@@ -32,16 +32,15 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from types import MappingProxyType
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from . import _hints
 from . import _protocol as P
 from ._channel import Message, ProtocolError
 from ._ledger import Ledger, Task, TaskState
-from ._lifecycle import Worker, WorkerState
+from ._lifecycle import CAUSES, Worker, WorkerState
 from ._out_of_band import Packed
 from ._process import Starter, WorkerProcess, kill_tree
-from ._stats import CAUSES, PoolStats
 from .errors import (
     PoisonTaskError,
     TaskFaultError,
@@ -51,6 +50,9 @@ from .errors import (
     WorkerLostError,
     describe_exit,
 )
+
+if TYPE_CHECKING:
+    from ._stats import PoolStats
 
 log = logging.getLogger("safepool")
 #: A message's payload, as the channel reads it.
@@ -228,6 +230,8 @@ class PoolManager:
             # waiting for it to park would wait for ourselves.
             self._publish_gauges()
             attempts = 1
+        from ._stats import PoolStats  # on first use: see CAUSES in _lifecycle
+
         seen: Dict[int, Task] = {}
         for _ in range(attempts):
             epoch = self.epoch

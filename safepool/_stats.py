@@ -3,8 +3,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Dict, Mapping
 
-#: Why a worker was replaced (the keys of ``PoolStats.workers_replaced``).
-CAUSES = ("crash", "timeout", "cancel", "recycle", "terminated")
+from ._lifecycle import CAUSES as CAUSES
 
 
 def _no_causes() -> Mapping[str, int]:

@@ -16,9 +16,10 @@ from safepool._preload import BOOT_MODULE, check_modules
 
 pytestmark = pytest.mark.timeout(120)
 
-# safepool is imported inside the main block only: the fork server imports this script as
-# __mp_main__ (the stdlib's '__main__' preload), and a top-level import would preload
-# safepool's worker module by itself, proving nothing about BOOT_MODULE.
+# safepool is imported inside the main block only: each worker imports this script as
+# __mp_main__ after it forks (the stdlib's '__main__' preload does nothing before Python
+# 3.14, CPython gh-126631; from 3.14 the fork server imports it), and a top-level import
+# would load safepool's modules by itself, proving nothing about BOOT_MODULE.
 FRESH_PROCESS = textwrap.dedent("""
     import json, os, sys
 
@@ -63,6 +64,43 @@ def run_script(tmp_path, text, **files):
                          cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+STARTING_COSTS = textwrap.dedent("""
+    import json, os, sys
+
+    def loaded():
+        import safepool._worker
+        return {"executor": "safepool._executor" in sys.modules,
+                "dataclasses": "dataclasses" in sys.modules}
+
+    if __name__ == "__main__":
+        from multiprocessing import forkserver
+        from safepool import SafeProcessPoolExecutor
+
+        with SafeProcessPoolExecutor(1) as ex:
+            seen = ex.submit(loaded).result(timeout=60)
+            with open("/proc/%d/maps" % forkserver._forkserver._forkserver_pid) as f:
+                maps = f.read()
+        print(json.dumps({"worker": seen, "parent_dataclasses": "dataclasses" in sys.modules,
+                          "ctypes_in_server": "_ctypes" in maps,
+                          "ctypes_builtin": "_ctypes" in sys.builtin_module_names}))
+""")
+
+
+@linux_only
+def test_what_every_worker_would_import_is_loaded_in_the_fork_server(tmp_path):
+    """Measured costs of each worker start, each moved out of it (see benchmarks/README):
+    the executor's modules (a main module using safepool imports them after each fork,
+    5-8 ms), ctypes and libc for the subreaper's prctl (about 2 ms), and no dataclasses at
+    all until stats() is called (4-5 ms, also in the parent)."""
+    report = run_script(tmp_path, STARTING_COSTS)
+    # This main module imports safepool in its main block only: the worker has the
+    # executor's modules because the fork server loaded them.
+    assert report["worker"] == {"executor": True, "dataclasses": False}
+    assert not report["parent_dataclasses"]
+    if not report["ctypes_builtin"]:
+        assert report["ctypes_in_server"]
 
 
 @linux_only
