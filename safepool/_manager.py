@@ -230,10 +230,14 @@ class PoolManager:
             # waiting for it to park would wait for ourselves.
             self._publish_gauges()
             attempts = 1
+        elif self.finished.is_set():
+            attempts = 1  # it has ended: nothing moves any more (even if its end failed)
         from ._stats import PoolStats  # on first use: see CAUSES in _lifecycle
 
         seen: Dict[int, Task] = {}
-        for _ in range(attempts):
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(_STATS_RETRY_PAUSE)  # lets the manager finish its turn and park
             epoch = self.epoch
             c = dict(self.counts)
             events = list(self.caller_events)
@@ -242,7 +246,6 @@ class PoolManager:
             alive, busy, active, spares_ready = self.gauges
             if epoch % 2 == 0 and self.epoch == epoch:
                 break
-            time.sleep(_STATS_RETRY_PAUSE)  # lets the manager finish its turn and park
         for t in active:
             seen[id(t)] = t
         for key in events:

@@ -67,6 +67,43 @@ def test_stats_is_an_immutable_snapshot(clean_process):
 
 
 @pytest.mark.timeout(60)
+def test_stats_never_waits_for_a_manager_that_cannot_park(clean_process, monkeypatch):
+    """stats() waits for the manager thread to park before it reads (so that a task moving
+    from the queue to a worker is never lost between two reads). Asked from a done-callback,
+    on the manager thread itself, it would wait for itself; asked after the end, for a
+    thread that is gone. Neither waits, and each still counts what is there."""
+    import sys
+    import threading
+
+    from safepool import _manager
+
+    pauses = []
+    real_sleep = _manager.time.sleep
+
+    def recorded_sleep(seconds):
+        if sys._getframe(1).f_code.co_name == "stats":  # not the manager's other waits
+            pauses.append(threading.current_thread().name)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(_manager.time, "sleep", recorded_sleep)
+    seen = []
+    with SafeProcessPoolExecutor(1) as ex:
+        assert ex.submit(tasks.square, 2).result(timeout=20) == 4
+        f = ex.submit(tasks.square, 3)
+        f.add_done_callback(lambda _: seen.append((threading.current_thread().name,
+                                                   ex.stats())))
+        assert f.result(timeout=20) == 9
+        wait_until(lambda: seen, 10, message="the done-callback ran")
+    assert seen[0][0] == "safepool-manager"  # the case this test is about
+    assert seen[0][1].tasks_submitted == 2
+    assert "safepool-manager" not in pauses
+    del pauses[:]
+    after = ex.stats()
+    assert pauses == []
+    assert after.tasks_completed == 2 and after.tasks_queued == after.tasks_running == 0
+
+
+@pytest.mark.timeout(60)
 def test_stats_while_tasks_run_and_wait(clean_process, tmp_path):
     pid_file, release = str(tmp_path / "pid"), str(tmp_path / "release")
     with SafeProcessPoolExecutor(1) as ex:
