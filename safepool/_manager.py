@@ -22,6 +22,7 @@ sent again. See ``_ledger.py`` and ``_lifecycle.py`` for the states and their in
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
 import os
@@ -32,7 +33,19 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Set,
+    Tuple,
+    Union,
+)
 
 from . import _hints
 from . import _protocol as P
@@ -216,42 +229,61 @@ class PoolManager:
         return True
 
     def stats(self) -> PoolStats:
-        # Copies of what the manager publishes; nothing here allocates under a lock. Each
-        # copy is one C-level copy under the GIL, but the manager may run between two of
-        # them (CI saw tasks_queued + tasks_running one short: the gauges were read, the
-        # manager sent the queued task to its busy worker, then the queue was read). So take
-        # a set read while the manager stayed parked (one even epoch). Every task seen in any
-        # read is kept and counted once, by the state it is in now: if the manager never
-        # parks for long enough, the last reads still lose only a task it took in and sent
-        # meanwhile, never count one twice.
-        attempts = _STATS_ATTEMPTS
-        if threading.current_thread() is self.thread:
-            # A done-callback asking, on the manager thread: nothing moves while we read, and
-            # waiting for it to park would wait for ourselves.
-            self._publish_gauges()
-            attempts = 1
-        elif self.finished.is_set():
-            attempts = 1  # it has ended: nothing moves any more (even if its end failed)
+        # Copies of what the manager owns, each one C-level copy under the GIL; nothing here
+        # allocates under a lock. The manager may run between two of them (CI saw
+        # tasks_queued + tasks_running one short: the gauges were read, the manager sent the
+        # queued task to its busy worker, then the queue was read). So take a set read while
+        # it stayed parked (one even epoch), and count each task seen once, by the state it
+        # is in now. An attempt does only C-level copies, so that it fits between two of the
+        # manager's turns even with a queue of 200,000 tasks (a Python loop over it did not,
+        # and every attempt failed).
         from ._stats import PoolStats  # on first use: see CAUSES in _lifecycle
 
-        seen: Dict[int, Task] = {}
+        on_manager = threading.current_thread() is self.thread
+        attempts = _STATS_ATTEMPTS
+        if on_manager or self.finished.is_set() or self.owner_pid != os.getpid():
+            # A done-callback on the manager thread (waiting for it to park would wait for
+            # ourselves), a manager that has ended (even if its end failed), or a forked
+            # child (no manager thread at all): nothing moves while we read.
+            attempts = 1
+        actives: List[Tuple[Task, ...]] = []
+        first: List[List[Task]] = []
         for attempt in range(attempts):
             if attempt:
                 time.sleep(_STATS_RETRY_PAUSE)  # lets the manager finish its turn and park
             epoch = self.epoch
             c = dict(self.counts)
             events = list(self.caller_events)
-            for t in (*self.incoming, *self.queue):
-                seen[id(t)] = t
+            incoming = list(self.incoming)
+            queue = list(self.queue)
             alive, busy, active, spares_ready = self.gauges
-            if epoch % 2 == 0 and self.epoch == epoch:
+            actives.append(active)
+            parked = epoch % 2 == 0 and self.epoch == epoch
+            if parked:
                 break
-        for t in active:
-            seen[id(t)] = t
+            if not first:
+                first = [incoming, queue]
+        if on_manager:
+            # Mid-turn: a lost worker's tasks may be out of its record and not back in the
+            # queue yet. The last published tasks still name them; what the manager holds
+            # now names the rest.
+            alive, busy, active, spares_ready = self._gauges()
+            actives.append(active)
+        if parked and not on_manager:
+            # One consistent picture: no task is in two of these lists.
+            pending: Iterable[Task] = itertools.chain(incoming, queue, active)
+        else:
+            # Every task on a worker in any read (a handful each): if the manager never
+            # parked, one given back to the queue after the queue was read is still found;
+            # and the first read of the queue too. A task seen twice counts once.
+            seen: Dict[int, Task] = {id(t): t for active in actives for t in active}
+            for tasks in (*first, incoming, queue):
+                seen.update((id(t), t) for t in tasks)
+            pending = seen.values()
         for key in events:
             c[key] += 1
         queued = running = 0
-        for t in seen.values():
+        for t in pending:
             if t.future.done():
                 continue
             if t.state == TaskState.QUEUED:
@@ -332,6 +364,7 @@ class PoolManager:
                     self._check_deadlines()
                     self._check_liveness()
         except BaseException as exc:  # noqa: B036 - never leave a future pending or a child behind
+            self.epoch |= 1  # working again (select() itself may have raised, parked)
             log.critical("safepool manager thread failed; the pool is broken", exc_info=True)
             err = BrokenProcessPool(f"safepool's manager thread failed: {exc!r}; the pool is "
                                     "broken and every unfinished task failed with this error. "
@@ -417,6 +450,9 @@ class PoolManager:
             self.queue.append(self.incoming.popleft())
 
     def _publish_gauges(self) -> None:
+        self.gauges = self._gauges()
+
+    def _gauges(self) -> Tuple[int, int, Tuple[Task, ...], int]:
         workers = list(self.workers.values())
         active = []
         for w in workers:
@@ -424,9 +460,9 @@ class PoolManager:
                 active.append(w.running)
             active.extend(w.sent)
         spares = sum(1 for w in workers if w.spare)
-        self.gauges = (len(workers) - spares,
-                       sum(1 for w in workers if w.running is not None or w.sent),
-                       tuple(active), sum(1 for w in workers if w.spare and w.serving_spare))
+        return (len(workers) - spares,
+                sum(1 for w in workers if w.running is not None or w.sent),
+                tuple(active), sum(1 for w in workers if w.spare and w.serving_spare))
 
     # ---- starting workers ------------------------------------------------------------------
 
@@ -1226,7 +1262,7 @@ class PoolManager:
         except Exception:
             log.exception("while failing the queue")
         self._publish_gauges()
-        self.epoch += 1  # even for good: nothing changes any more
+        self.epoch = (self.epoch | 1) + 1  # even for good: nothing changes any more
         self.selector.close()
         with self._wake_lock:
             self._wake_closed = True

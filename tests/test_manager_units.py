@@ -174,3 +174,63 @@ def test_stats_from_a_manager_that_never_parks_count_each_task_once(monkeypatch)
     assert moving in m.gauges[2]
     s = m.stats()
     assert (s.tasks_queued, s.tasks_running) == (0, 2)
+
+
+class _GivenBackWhileRead(collections.deque):
+    """The queue, read by stats() while a busy manager (it never parks) takes a task back
+    from its worker (a revoke) between stats()'s last read of the queue and of the gauges."""
+
+    def __init__(self, m, w, moving):
+        super().__init__()
+        self.m, self.w, self.moving, self.reads = m, w, moving, 0
+
+    def __iter__(self):
+        from safepool import _manager
+
+        self.reads += 1
+        read = list(super().__iter__())
+        if self.reads == _manager._STATS_ATTEMPTS:
+            self.w.sent.remove(self.moving)
+            self.moving.state = TaskState.QUEUED
+            self.appendleft(self.moving)
+            self.m._publish_gauges()
+        return iter(read)
+
+
+def test_stats_from_a_manager_that_never_parks_find_a_task_given_back(monkeypatch):
+    """Found by review: only the last read of the workers' tasks was kept, so a task given
+    back to the queue between the last two reads was counted nowhere."""
+    from safepool import _manager
+
+    monkeypatch.setattr(_manager.time, "sleep", lambda seconds: None)
+    m, w = manager(), worker()
+    m.workers[w.pid] = w
+    w.running = task(1)
+    w.running.state = TaskState.STARTED
+    given_back = task(2)
+    given_back.state = TaskState.SENT
+    w.sent = collections.deque([given_back])
+    m.queue = _GivenBackWhileRead(m, w, given_back)
+    m._publish_gauges()
+    m.epoch = 1  # at work, for every read
+    s = m.stats()
+    assert (s.tasks_queued, s.tasks_running) == (1, 1)
+
+
+def test_stats_in_a_forked_child_or_after_the_end_do_not_wait(monkeypatch):
+    """No manager thread runs in a child forked from the pool's process (the epoch may be
+    left odd there), nor after the manager's end: stats() reads once."""
+    from safepool import _manager
+
+    pauses = []
+    monkeypatch.setattr(_manager.time, "sleep", pauses.append)
+    m = manager()
+    m.epoch = 1
+    m.owner_pid = -1  # as in a forked child
+    m.stats()
+    assert pauses == []
+    m = manager()
+    m.epoch = 1
+    m.finished.set()
+    m.stats()
+    assert pauses == []

@@ -9,7 +9,13 @@ import tasks
 from conftest import gone, wait_for_pid_file, wait_until
 from hardening_helpers import PYTHON, script_env, write_script
 
-from safepool import PoolStats, SafeProcessPoolExecutor, TaskTimeoutError, WorkerLostError
+from safepool import (
+    BrokenProcessPool,
+    PoolStats,
+    SafeProcessPoolExecutor,
+    TaskTimeoutError,
+    WorkerLostError,
+)
 
 
 class Records(logging.Handler):
@@ -101,6 +107,33 @@ def test_stats_never_waits_for_a_manager_that_cannot_park(clean_process, monkeyp
     after = ex.stats()
     assert pauses == []
     assert after.tasks_completed == 2 and after.tasks_queued == after.tasks_running == 0
+
+
+@pytest.mark.timeout(60)
+def test_stats_in_a_done_callback_count_the_task_behind_a_lost_one(clean_process, tmp_path):
+    """A done-callback runs on the manager thread in the middle of its turn: the lost
+    worker's record is gone, and the task sent behind the lost one is not back in the queue
+    yet. stats() there must still count it (found by review: it counted it nowhere)."""
+    import os
+    import signal
+
+    with SafeProcessPoolExecutor(1) as ex:
+        pid_path = str(tmp_path / "pid")
+        lost = ex.submit(tasks.park, pid_path)
+        pid = int(wait_for_pid_file(pid_path))
+        behind = ex.submit(tasks.square, 3)
+        # Sent to the busy worker, behind the parked task (one task deep).
+        wait_until(lambda: (ex.stats().tasks_running, ex.stats().tasks_queued) == (2, 0), 10,
+                   message="the second task sent behind the first")
+        seen = []
+        lost.add_done_callback(lambda _: seen.append((behind.done(), ex.stats())))
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerLostError):
+            lost.result(timeout=30)
+        assert behind.result(timeout=30) == 9
+    behind_done, stats = seen[0]
+    assert not behind_done
+    assert stats.tasks_queued + stats.tasks_running == 1
 
 
 @pytest.mark.timeout(60)
@@ -280,3 +313,36 @@ def test_late_result_after_a_cancel_is_dropped_and_counted(clean_process, tmp_pa
         stats = ex.stats()
         assert stats.tasks_completed == 0 and stats.tasks_failed == 0
         assert ex.submit(tasks.square, 5).result(timeout=20) == 25
+
+
+@pytest.mark.timeout(60)
+def test_a_manager_failing_in_select_is_not_taken_for_parked(clean_process, tmp_path):
+    """select() is the one call made while the epoch says "parked": if it raises, the
+    manager fails every future and reaps its workers, and stats() from other threads must
+    not take that for a still picture (found by review: the epoch stayed even there)."""
+    import logging
+
+    with SafeProcessPoolExecutor(1) as ex:
+        m = ex._manager
+        parked_while_failing = []
+        pid_path = str(tmp_path / "pid")
+        f = ex.submit(tasks.park, pid_path)
+        wait_for_pid_file(pid_path)
+        f.add_done_callback(lambda _: parked_while_failing.append(m.epoch % 2 == 0))
+
+        def failing_select(timeout=None):
+            raise OSError(9, "injected: select failed")
+
+        m.selector.select = failing_select
+        quiet = logging.getLogger("safepool")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL + 1)  # the critical log this test expects
+        try:
+            m.wakeup()
+            assert m.finished.wait(30)
+        finally:
+            quiet.setLevel(level)
+        with pytest.raises(BrokenProcessPool, match="manager thread failed"):
+            f.result(timeout=30)
+    assert parked_while_failing == [False]
+    assert m.epoch % 2 == 0  # at rest for good
