@@ -38,7 +38,7 @@ def test_workers_that_keep_dying_idle_are_restarted_ever_more_slowly(caplog, cle
                                    for r in caplog.records), 60, message="a 0.8 s backoff")
             assert starts_within(ex, 1.0) <= 2
             ex.shutdown(wait=False, cancel_futures=True)
-            f.cancel()
+        assert f.done()  # ran on a worker before it died, failed with it, or was cancelled
 
 
 def die_soon_unless_in_slot_0():
