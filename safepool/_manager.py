@@ -261,7 +261,7 @@ class PoolManager:
             parked = epoch % 2 == 0 and self.epoch == epoch
             if parked:
                 break
-            if not first:
+            if attempt == 0 and attempts > 1:
                 first = [incoming, queue]
         if on_manager:
             # Mid-turn: a lost worker's tasks may be out of its record and not back in the
